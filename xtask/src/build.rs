@@ -1,0 +1,114 @@
+//! Cross builds of the workspace for aarch64 with Debian's Rust toolchain.
+
+use crate::util::{workspace_root, Fail};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The aarch64 target triple.
+pub const TARGET: &str = "aarch64-unknown-linux-gnu";
+
+/// A cargo for the aarch64 target: Debian's `cargo-web`/`rustc-web` on an x86 host (the rustup
+/// toolchain has no aarch64 standard library), the normal one on an arm64 host.
+fn cargo() -> Command {
+    let debian = std::path::Path::new("/usr/bin/rustc").exists()
+        && std::path::Path::new("/usr/bin/cargo").exists()
+        && !cfg!(target_arch = "aarch64");
+    let mut c = if debian {
+        let mut c = Command::new("/usr/bin/cargo");
+        c.env("RUSTC", "/usr/bin/rustc");
+        c.env_remove("RUSTC_WRAPPER");
+        c
+    } else {
+        Command::new("cargo")
+    };
+    c.current_dir(workspace_root());
+    c.env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+/// Where aarch64 artefacts go (apart from host builds: another compiler version).
+pub fn target_dir() -> PathBuf {
+    workspace_root().join("target").join("arm64")
+}
+
+/// Features enabling the KVM parts of the library crates, where they exist.
+fn kvm_features() -> Vec<String> {
+    let root = workspace_root();
+    ["hypercall-router", "mte-memory"]
+        .iter()
+        .filter(|c| {
+            std::fs::read_to_string(root.join("crates").join(c).join("Cargo.toml"))
+                .map(|s| s.lines().any(|l| l.trim_start().starts_with("kvm =")))
+                .unwrap_or(false)
+        })
+        .map(|c| format!("{c}/kvm"))
+        .collect()
+}
+
+fn run_json(mut c: Command, test_only: bool) -> Result<Vec<(String, PathBuf)>, Fail> {
+    c.args(["--message-format", "json-render-diagnostics"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = c
+        .spawn()
+        .map_err(|e| Fail::new(format!("cannot run cargo for {TARGET}: {e}")))?;
+    let out = child.stdout.take().ok_or_else(|| Fail::new("no cargo stdout"))?;
+    let mut found = Vec::new();
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let wanted = v["profile"]["test"] == true || !test_only;
+        if let (Some(exe), true) = (v["executable"].as_str(), wanted) {
+            let name = v["target"]["name"].as_str().unwrap_or("bin").to_string();
+            found.push((name, PathBuf::from(exe)));
+        }
+    }
+    let st = child
+        .wait()
+        .map_err(|e| Fail::new(format!("cargo did not finish: {e}")))?;
+    if !st.success() {
+        return Err(Fail::new(format!(
+            "the aarch64 build failed ({st}); is the test bed set up (`cargo xtask setup`)?"
+        )));
+    }
+    Ok(found)
+}
+
+/// Builds every workspace test executable (static, aarch64) and returns (name, path) pairs.
+/// `packages` limits the build to those packages (all but xtask when empty).
+pub fn test_executables(packages: &[String]) -> Result<Vec<(String, PathBuf)>, Fail> {
+    let mut c = cargo();
+    c.args(["test", "--no-run", "--target", TARGET]);
+    if packages.is_empty() {
+        c.args(["--workspace", "--exclude", "xtask"]);
+    } else {
+        for p in packages {
+            c.args(["-p", p]);
+        }
+    }
+    let feats: Vec<String> = kvm_features()
+        .into_iter()
+        .filter(|f| packages.is_empty() || packages.iter().any(|p| f.starts_with(&format!("{p}/"))))
+        .collect();
+    if !feats.is_empty() {
+        c.args(["--features", &feats.join(",")]);
+    }
+    eprintln!("xtask: building aarch64 test executables");
+    run_json(c, true)
+}
+
+/// Builds the aarch64 `refvmm` binary (release) and returns its path.
+pub fn refvmm() -> Result<PathBuf, Fail> {
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "refvmm", "--bins", "--target", TARGET]);
+    eprintln!("xtask: building refvmm for aarch64");
+    run_json(c, false)?
+        .into_iter()
+        .find(|(n, _)| n == "refvmm")
+        .map(|(_, p)| p)
+        .ok_or_else(|| Fail::new("cargo built no refvmm executable"))
+}

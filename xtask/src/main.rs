@@ -1,0 +1,358 @@
+//! `cargo xtask`: the project's developer tool.
+//!
+//! ```text
+//! cargo xtask setup                 set up the emulated arm64 test bed (root, idempotent)
+//! cargo xtask test                  every test: fmt, clippy, host tests, emulated-arm64 tests
+//! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
+//! cargo xtask arm64 test [-p PKG]... [FILTER]
+//!                                   only the aarch64 test executables, in the emulated machine
+//! cargo xtask arm64 run [OPTIONS] -- CMD...
+//!                                   run CMD inside the emulated machine
+//!     --file PATH | --file NAME=PATH   copy a file or directory into /work (repeatable)
+//!     --refvmm                         copy the aarch64 refvmm binary into /work/refvmm
+//!     --timeout SECS                   default 300
+//!     --memory MIB                     default 2048
+//! ```
+//!
+//! Exit status: 0 on success; 1 when a test or the command inside failed (the command's own
+//! status is printed); 2 for a usage error; 3 when set-up or a build failed.
+
+mod build;
+mod cpio;
+mod l1;
+mod setup;
+mod util;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use util::{workspace_root, Counts, Fail};
+
+const USAGE: &str = "usage: cargo xtask <setup | test | boot | arm64 test [-p PKG]... [FILTER] | arm64 run [--file [NAME=]PATH]... [--refvmm] [--timeout SECS] [--memory MIB] -- CMD...>";
+
+enum Outcome {
+    Ok,
+    Failed(String),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match argv.as_slice() {
+        ["setup"] => setup::run().map(|_| Outcome::Ok),
+        ["test"] => cmd_test(),
+        ["boot"] => cmd_boot(),
+        ["arm64", "test", rest @ ..] => {
+            let mut packages = Vec::new();
+            let mut filter = None;
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                match (*a, it.clone().next()) {
+                    ("-p", Some(p)) => {
+                        packages.push(p.to_string());
+                        it.next();
+                    }
+                    (f, _) if filter.is_none() && !f.starts_with('-') => filter = Some(f),
+                    _ => {
+                        eprintln!("{USAGE}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            cmd_arm64_test(&packages, filter).map(|c| verdict("arm64", c))
+        }
+        ["arm64", "run", rest @ ..] => match parse_run(rest) {
+            Ok(r) => cmd_arm64_run(r),
+            Err(e) => {
+                eprintln!("xtask: {e}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        ["help"] | ["--help"] | ["-h"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed(why)) => {
+            eprintln!("xtask: FAILED: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn verdict(what: &str, c: Counts) -> Outcome {
+    if c.failed == 0 && c.passed > 0 {
+        Outcome::Ok
+    } else if c.passed == 0 && c.failed == 0 {
+        Outcome::Failed(format!("{what}: no tests ran"))
+    } else {
+        Outcome::Failed(format!("{what}: {} failed", c.failed))
+    }
+}
+
+/// Runs a host cargo command, streaming its output and counting libtest results.
+fn host_cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, Counts), Fail> {
+    use std::io::{BufRead, BufReader};
+    let mut c = Command::new("cargo");
+    c.args(args).current_dir(workspace_root()).stdout(Stdio::piped());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = c
+        .spawn()
+        .map_err(|e| Fail::new(format!("cannot run cargo: {e}")))?;
+    let out = child.stdout.take().ok_or_else(|| Fail::new("no cargo stdout"))?;
+    let mut counts = Counts::default();
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        println!("{line}");
+        counts.add_libtest_line(&line);
+    }
+    let st = child
+        .wait()
+        .map_err(|e| Fail::new(format!("cargo did not finish: {e}")))?;
+    Ok((st.success(), counts))
+}
+
+fn cmd_test() -> Result<Outcome, Fail> {
+    let start = Instant::now();
+    let tb = setup::run()?;
+    let mut problems = Vec::new();
+    let (ok, _) = host_cargo(&["fmt", "--all", "--check"], &[])?;
+    if !ok {
+        problems.push("cargo fmt --check".to_string());
+    }
+    let (ok, _) = host_cargo(
+        &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"],
+        &[],
+    )?;
+    if !ok {
+        problems.push("cargo clippy".to_string());
+    }
+    let (ok, mut host) = host_cargo(&["test", "--workspace", "--all-features"], &[])?;
+    if !ok && host.failed == 0 {
+        host.failed += 1;
+        problems.push("cargo test (build or a test binary failed)".to_string());
+    }
+    for extra in extra_host_checks() {
+        let (ok, c) = host_cargo(&extra.args, &extra.envs)?;
+        host = host.plus(c);
+        if !ok {
+            if c.failed == 0 {
+                host.failed += 1;
+            }
+            problems.push(extra.name.to_string());
+        }
+    }
+    println!("host tests: {} passed, {} failed", host.passed, host.failed);
+    let arm = cmd_arm64_test_with(Some(&tb), &[], None)?;
+    println!("emulated arm64 tests: {} passed, {} failed", arm.passed, arm.failed);
+    let all = host.plus(arm);
+    println!("test command took {} s", start.elapsed().as_secs());
+    println!("{} passed, {} failed", all.passed, all.failed);
+    if arm.passed == 0 {
+        problems.push("no emulated arm64 test ran".to_string());
+    }
+    if all.failed > 0 {
+        problems.push(format!("{} tests failed", all.failed));
+    }
+    if problems.is_empty() {
+        Ok(Outcome::Ok)
+    } else {
+        Ok(Outcome::Failed(problems.join("; ")))
+    }
+}
+
+struct Extra {
+    name: &'static str,
+    args: Vec<&'static str>,
+    envs: Vec<(&'static str, &'static str)>,
+}
+
+/// Checks beyond `cargo test`: the loom model, the no_std builds (added as the crates grow).
+fn extra_host_checks() -> Vec<Extra> {
+    let root = workspace_root();
+    let mut v = Vec::new();
+    if root.join("crates/mte-memory/tests/loom_tag_init.rs").exists() {
+        v.push(Extra {
+            name: "loom model of MTE tag initialisation",
+            args: vec!["test", "-p", "mte-memory", "--test", "loom_tag_init", "--release"],
+            envs: vec![
+                ("RUSTFLAGS", "--cfg loom"),
+                ("CARGO_TARGET_DIR", "target/loom"),
+            ],
+        });
+    }
+    v
+}
+
+fn cmd_arm64_test(packages: &[String], filter: Option<&str>) -> Result<Counts, Fail> {
+    let tb = if l1::native_kvm() { None } else { Some(setup::run()?) };
+    cmd_arm64_test_with(tb.as_ref(), packages, filter)
+}
+
+fn cmd_arm64_test_with(
+    tb: Option<&setup::Testbed>,
+    packages: &[String],
+    filter: Option<&str>,
+) -> Result<Counts, Fail> {
+    let exes = build::test_executables(packages)?;
+    let mut files = Vec::new();
+    let mut script = String::from(
+        "export RUST_BACKTRACE=1 PROPTEST_CASES=32\nfail=0\ncd /work/t 2>/dev/null || cd t\n",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, path) in exes {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or(name);
+        if !seen.insert(file.clone()) {
+            continue;
+        }
+        files.push((format!("t/{file}"), path));
+        let filt = filter.map(|f| format!(" {f}")).unwrap_or_default();
+        script.push_str(&format!(
+            "echo \"@@TEST {file}\"\n./{file} --test-threads=2{filt}\nrc=$?\necho \"@@TESTRC {file} $rc\"\n[ $rc = 0 ] || fail=1\n"
+        ));
+    }
+    script.push_str("exit $fail\n");
+    if files.is_empty() {
+        return Err(Fail::new("no aarch64 test executables were built"));
+    }
+    let job = l1::Job {
+        files,
+        script,
+        timeout: Duration::from_secs(1200),
+        memory_mib: 2048,
+        echo: true,
+    };
+    let res = l1::run(tb, &job)?;
+    Ok(count_per_binary(&res.output, res.counts))
+}
+
+/// A test binary that died without a libtest summary still counts as a failure.
+fn count_per_binary(output: &str, mut counts: Counts) -> Counts {
+    let mut summarised = false;
+    for line in output.lines() {
+        if line.starts_with("@@TEST ") {
+            summarised = false;
+        } else if line.trim_start().starts_with("test result: ") {
+            summarised = true;
+        } else if let Some(rest) = line.strip_prefix("@@TESTRC ") {
+            let rc = rest.rsplit(' ').next().and_then(|r| r.trim().parse::<i32>().ok());
+            if rc != Some(0) && !summarised {
+                println!("xtask: {rest}: test binary died without a summary");
+                counts.failed += 1;
+            }
+        }
+    }
+    counts
+}
+
+struct RunArgs {
+    files: Vec<(String, PathBuf)>,
+    refvmm: bool,
+    timeout: u64,
+    memory: u32,
+    cmd: Vec<String>,
+}
+
+fn parse_run(args: &[&str]) -> Result<RunArgs, String> {
+    let mut r = RunArgs {
+        files: Vec::new(),
+        refvmm: false,
+        timeout: 300,
+        memory: 2048,
+        cmd: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--" => {
+                r.cmd = it.map(|s| s.to_string()).collect();
+                break;
+            }
+            "--refvmm" => r.refvmm = true,
+            "--file" => {
+                let v = it.next().ok_or("--file needs a path")?;
+                let (name, path) = match v.split_once('=') {
+                    Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+                    None => {
+                        let p = PathBuf::from(v);
+                        let n = p
+                            .file_name()
+                            .ok_or_else(|| format!("--file {v}: no file name"))?
+                            .to_string_lossy()
+                            .into_owned();
+                        (n, p)
+                    }
+                };
+                if !path.exists() {
+                    return Err(format!("--file {v}: {} does not exist", path.display()));
+                }
+                r.files.push((name, path));
+            }
+            "--timeout" => {
+                r.timeout = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--timeout needs a number of seconds")?
+            }
+            "--memory" => {
+                r.memory = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--memory needs a number of MiB")?
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if r.cmd.is_empty() {
+        return Err("no command given after --".into());
+    }
+    Ok(r)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
+    let tb = if l1::native_kvm() { None } else { Some(setup::run()?) };
+    if r.refvmm {
+        r.files.push(("refvmm".into(), build::refvmm()?));
+    }
+    let script = r.cmd.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ") + "\n";
+    let job = l1::Job {
+        files: r.files,
+        script,
+        timeout: Duration::from_secs(r.timeout),
+        memory_mib: r.memory,
+        echo: true,
+    };
+    let res = l1::run(tb.as_ref(), &job)?;
+    println!("xtask: command exited with status {} inside the emulated machine", res.exit);
+    if res.exit == 0 {
+        Ok(Outcome::Ok)
+    } else {
+        Ok(Outcome::Failed(format!("the command exited with status {}", res.exit)))
+    }
+}
+
+/// The main job. Until refvmm boots Linux, it runs the KVM smoke tests in the emulated machine.
+fn cmd_boot() -> Result<Outcome, Fail> {
+    let c = cmd_arm64_test(&["refvmm".to_string()], Some("smoke"))?;
+    println!("{} passed, {} failed", c.passed, c.failed);
+    Ok(verdict("smoke run", c))
+}
