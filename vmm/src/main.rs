@@ -1,8 +1,62 @@
 //! `refvmm`: the reference VMM for arm64 KVM guests.
 //!
-//! Placeholder until the guest-boot issue lands: it only reports what it is.
+//! Exit status: 0 guest powered off; 1 refvmm or KVM failed while running; 2 bad command line;
+//! 3 a configuration the host cannot run (bad kernel or initrd, too little memory, MTE
+//! unavailable, no KVM); 10 guest reset; 11 guest crashed. See `docs/refvmm.md`.
 
-fn main() {
-    eprintln!("refvmm: not yet able to boot a guest");
-    std::process::exit(1);
+use clap::Parser;
+use refvmm::{config, exit_status};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = config::Cli::parse();
+    let cfg = match config::VmConfig::try_from(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("refvmm: {e}");
+            return ExitCode::from(exit_status::CONFIG);
+        }
+    };
+    run(cfg)
+}
+
+#[cfg(target_arch = "aarch64")]
+fn run(cfg: config::VmConfig) -> ExitCode {
+    use refvmm::vcpu::VcpuStop;
+    use refvmm::vm;
+    match vm::run(&cfg) {
+        Ok(VcpuStop::Poweroff) => ExitCode::from(exit_status::POWEROFF),
+        Ok(VcpuStop::Reset) => {
+            eprintln!("refvmm: the guest reset the machine");
+            ExitCode::from(exit_status::RESET)
+        }
+        Ok(VcpuStop::Crash) => {
+            eprintln!("refvmm: the guest crashed");
+            ExitCode::from(exit_status::CRASH)
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                let text = s.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+                src = s.source();
+            }
+            eprintln!("refvmm: {msg}");
+            ExitCode::from(if e.is_user_error() {
+                exit_status::CONFIG
+            } else {
+                exit_status::VMM_ERROR
+            })
+        }
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn run(_cfg: config::VmConfig) -> ExitCode {
+    eprintln!("refvmm: runs only on aarch64 hosts with KVM");
+    ExitCode::from(exit_status::CONFIG)
 }

@@ -19,7 +19,8 @@ fn mte_vm(kvm: &Kvm) -> VmFd {
         cap: KVM_CAP_ARM_MTE,
         ..Default::default()
     };
-    vm.enable_cap(&cap).expect("enable KVM_CAP_ARM_MTE on a VM without vCPUs");
+    vm.enable_cap(&cap)
+        .expect("enable KVM_CAP_ARM_MTE on a VM without vCPUs");
     vm
 }
 
@@ -36,7 +37,12 @@ fn map_shared(fd: &OwnedFd, size: usize) -> *mut libc::c_void {
             0,
         )
     };
-    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
     p
 }
 

@@ -1,0 +1,371 @@
+//! The command line, validated into one [`VmConfig`].
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+/// Smallest guest RAM refvmm accepts: room for a kernel, its initrd and the device tree.
+pub const MIN_MEMORY: u64 = 64 << 20;
+/// Largest guest RAM: what fits below the 40-bit IPA space above the RAM base.
+pub const MAX_MEMORY: u64 = 256 << 30;
+/// Most vCPUs: what one GICv3 redistributor region in the memory map holds.
+pub const MAX_VCPUS: u8 = crate::layout::MAX_VCPUS;
+
+/// How the seccomp filters are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// Kill the process on a syscall outside a thread's list.
+    Enforce,
+    /// Log such syscalls (audit) and allow them.
+    Log,
+    /// No filters.
+    Off,
+}
+
+/// refvmm: a thin, sandboxed reference VMM for arm64 KVM guests.
+///
+/// Boots an arm64 Linux `Image` (or a raw binary payload) with its initrd and command line on
+/// KVM, with a 16550 console on stdin/stdout. Exit status: 0 when the guest powers off; see
+/// `docs/refvmm.md` for the others.
+#[derive(Debug, Parser)]
+#[command(name = "refvmm", version, about, long_about = None)]
+pub struct Cli {
+    /// The kernel: an arm64 Linux `Image` (detected by its header).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// An initramfs to hand to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// The kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "console=ttyS0")]
+    pub cmdline: String,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u8,
+
+    /// Guest RAM size: a number of bytes with an optional K, M or G suffix (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+
+    /// Enable the Memory Tagging Extension for the guest (fails if KVM cannot).
+    #[arg(long)]
+    pub mte: bool,
+
+    /// Offer SDEI (Software Delegated Exception Interface) to the guest.
+    #[arg(long)]
+    pub sdei: bool,
+
+    /// Seccomp filters for refvmm's threads.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Enforce)]
+    pub seccomp: SeccompMode,
+
+    /// A Unix socket on which refvmm accepts control requests.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The kernel file cannot be used.
+    #[error("Kernel {path}: {reason}")]
+    Kernel {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The initrd file cannot be used.
+    #[error("Initrd {path}: {reason}")]
+    Initrd {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The memory size is not understood or out of range.
+    #[error("Memory size {0:?}: {1}")]
+    Memory(String, String),
+    /// The vCPU count is out of range.
+    #[error("Number of vCPUs must be between 1 and {max}, got {0}", max = MAX_VCPUS)]
+    Cpus(u8),
+    /// The command line cannot be passed to the kernel.
+    #[error("Kernel command line: {0}")]
+    Cmdline(String),
+}
+
+/// Result of configuration checks.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A validated VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image path (an existing, readable, non-empty file).
+    pub kernel: PathBuf,
+    /// Initrd path, if any (an existing, readable file).
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count, 1..=MAX_VCPUS.
+    pub cpus: u8,
+    /// Guest RAM in bytes, a multiple of 2 MiB within MIN_MEMORY..=MAX_MEMORY.
+    pub memory: u64,
+    /// MTE requested.
+    pub mte: bool,
+    /// SDEI requested.
+    pub sdei: bool,
+    /// Seccomp mode.
+    pub seccomp: SeccompMode,
+    /// API socket path.
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Parses `512M`, `1G`, `1048576`, `64m` ... into bytes.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => return Err(format!("unknown suffix {c:?} (use K, M or G)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "not a number with an optional K, M or G suffix".to_string())?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| "too large".to_string())
+}
+
+fn check_file(path: &PathBuf) -> std::result::Result<u64, String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    std::fs::File::open(path).map_err(|e| e.to_string())?;
+    Ok(meta.len())
+}
+
+impl TryFrom<Cli> for VmConfig {
+    type Error = Error;
+
+    fn try_from(cli: Cli) -> Result<Self> {
+        let klen = check_file(&cli.kernel).map_err(|reason| Error::Kernel {
+            path: cli.kernel.clone(),
+            reason,
+        })?;
+        if klen == 0 {
+            return Err(Error::Kernel {
+                path: cli.kernel,
+                reason: "empty file".into(),
+            });
+        }
+        if let Some(p) = &cli.initrd {
+            check_file(p).map_err(|reason| Error::Initrd {
+                path: p.clone(),
+                reason,
+            })?;
+        }
+        let memory = parse_size(&cli.memory).map_err(|e| Error::Memory(cli.memory.clone(), e))?;
+        if memory < MIN_MEMORY {
+            return Err(Error::Memory(
+                cli.memory,
+                format!("too little memory: at least {} MiB", MIN_MEMORY >> 20),
+            ));
+        }
+        if memory > MAX_MEMORY {
+            return Err(Error::Memory(
+                cli.memory,
+                format!("too much memory: at most {} GiB", MAX_MEMORY >> 30),
+            ));
+        }
+        if memory % (2 << 20) != 0 {
+            return Err(Error::Memory(
+                cli.memory,
+                "must be a multiple of 2 MiB".into(),
+            ));
+        }
+        if cli.cpus == 0 || cli.cpus > MAX_VCPUS {
+            return Err(Error::Cpus(cli.cpus));
+        }
+        if cli.cmdline.len() >= crate::layout::CMDLINE_MAX {
+            return Err(Error::Cmdline(format!(
+                "longer than {} bytes",
+                crate::layout::CMDLINE_MAX - 1
+            )));
+        }
+        if cli.cmdline.contains('\0') {
+            return Err(Error::Cmdline("contains a NUL byte".into()));
+        }
+        Ok(VmConfig {
+            kernel: cli.kernel,
+            initrd: cli.initrd,
+            cmdline: cli.cmdline,
+            cpus: cli.cpus,
+            memory,
+            mte: cli.mte,
+            sdei: cli.sdei,
+            seccomp: cli.seccomp,
+            api_socket: cli.api_socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_file() -> tempfile_lite::TempFile {
+        tempfile_lite::TempFile::with_contents(b"not really a kernel")
+    }
+
+    fn cli(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("refvmm").chain(args.iter().copied()))
+    }
+
+    fn config(args: &[&str]) -> Result<VmConfig> {
+        VmConfig::try_from(cli(args).expect("clap accepts"))
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").unwrap_err().contains("unknown suffix"));
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert_eq!(parse_size("99999999999999G"), Err("too large".into()));
+    }
+
+    #[test]
+    fn defaults_give_a_bootable_config() {
+        let k = kernel_file();
+        let c = config(&["--kernel", k.path_str()]).unwrap();
+        assert_eq!(c.cpus, 1);
+        assert_eq!(c.memory, 512 << 20);
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!(c.seccomp, SeccompMode::Enforce);
+        assert!(!c.mte && !c.sdei);
+    }
+
+    #[test]
+    fn missing_kernel_is_a_clear_error() {
+        let e = config(&["--kernel", "/nonexistent/Image"]).unwrap_err();
+        assert_eq!(e.to_string(), "Kernel /nonexistent/Image: no such file");
+    }
+
+    #[test]
+    fn kernel_option_is_required() {
+        let e = cli(&[]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn directory_as_kernel_is_refused() {
+        let e = config(&["--kernel", "/"]).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn missing_initrd_is_a_clear_error() {
+        let k = kernel_file();
+        let e = config(&["--kernel", k.path_str(), "--initrd", "/nope"]).unwrap_err();
+        assert_eq!(e.to_string(), "Initrd /nope: no such file");
+    }
+
+    #[test]
+    fn too_little_memory_is_refused() {
+        let k = kernel_file();
+        let e = config(&["--kernel", k.path_str(), "--memory", "16M"]).unwrap_err();
+        assert!(e.to_string().contains("too little memory"), "{e}");
+    }
+
+    #[test]
+    fn unaligned_memory_is_refused() {
+        let k = kernel_file();
+        let e = config(&["--kernel", k.path_str(), "--memory", "65537K"]).unwrap_err();
+        assert!(e.to_string().contains("multiple of 2 MiB"), "{e}");
+    }
+
+    #[test]
+    fn garbage_memory_is_refused() {
+        let k = kernel_file();
+        let e = config(&["--kernel", k.path_str(), "--memory", "lots"]).unwrap_err();
+        assert!(e.to_string().starts_with("Memory size \"lots\""), "{e}");
+    }
+
+    #[test]
+    fn vcpu_count_is_bounded() {
+        let k = kernel_file();
+        assert_eq!(
+            config(&["--kernel", k.path_str(), "--cpus", "0"]),
+            Err(Error::Cpus(0))
+        );
+        let too_many = (MAX_VCPUS as u16 + 1).to_string();
+        assert!(
+            cli(&["--kernel", k.path_str(), "--cpus", &too_many]).is_err() || {
+                config(&["--kernel", k.path_str(), "--cpus", &too_many]).is_err()
+            }
+        );
+        assert!(cli(&["--kernel", k.path_str(), "--cpus", "two"]).is_err());
+    }
+
+    #[test]
+    fn overlong_cmdline_is_refused() {
+        let k = kernel_file();
+        let long = "x".repeat(crate::layout::CMDLINE_MAX);
+        let e = config(&["--kernel", k.path_str(), "--cmdline", &long]).unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn unknown_seccomp_mode_is_refused_by_the_parser() {
+        let k = kernel_file();
+        let e = cli(&["--kernel", k.path_str(), "--seccomp", "maybe"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    /// A tiny self-deleting temporary file, to avoid a dependency for tests.
+    mod tempfile_lite {
+        use std::path::PathBuf;
+
+        pub struct TempFile(PathBuf, String);
+
+        impl TempFile {
+            pub fn with_contents(data: &[u8]) -> Self {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "refvmm-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&p, data).unwrap();
+                let s = p.to_string_lossy().into_owned();
+                TempFile(p, s)
+            }
+
+            pub fn path_str(&self) -> &str {
+                &self.1
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+}

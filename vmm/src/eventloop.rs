@@ -1,0 +1,131 @@
+//! The main thread's event loop (event-manager): console input from stdin, and the
+//! notification that a vCPU stopped the VM.
+
+use crate::devices::serial::Console;
+use crate::vcpu::VcpuStop;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::terminal::Terminal;
+
+/// Errors of the event loop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The event manager failed.
+    #[error("Event loop failed: {0:?}")]
+    Manager(event_manager::Error),
+}
+
+/// Result of the event loop.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How vCPU threads tell the main thread that the guest stopped the VM. The first stop wins.
+#[derive(Clone)]
+pub struct ExitSignal {
+    evt: Arc<EventFd>,
+    stop: Arc<Mutex<Option<VcpuStop>>>,
+}
+
+impl ExitSignal {
+    /// A fresh signal.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitSignal {
+            evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+            stop: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Records `stop` (unless another came first) and wakes the main thread.
+    pub fn signal(&self, stop: VcpuStop) {
+        if let Ok(mut s) = self.stop.lock() {
+            s.get_or_insert(stop);
+        }
+        let _ = self.evt.write(1);
+    }
+
+    fn get(&self) -> Option<VcpuStop> {
+        self.stop.lock().ok().and_then(|s| *s)
+    }
+}
+
+struct ExitWatcher(ExitSignal);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.evt.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&*self.0.evt, EventSet::IN)) {
+            log::error!("cannot watch the exit notification: {e:?}");
+        }
+    }
+}
+
+/// Forwards stdin to the console. A stdin that cannot be polled (a regular file) or that
+/// reaches end of file is dropped from the loop.
+struct StdinInput<W: Write + Send> {
+    console: Arc<Mutex<Console<W>>>,
+}
+
+impl<W: Write + Send> MutEventSubscriber for StdinInput<W> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        let n = std::io::stdin().lock().read(&mut buf).unwrap_or(0);
+        if n == 0 || events.event_set().contains(EventSet::HANG_UP) {
+            let _ = ops.remove(events);
+            return;
+        }
+        if let Ok(mut c) = self.console.lock() {
+            // Bytes beyond the FIFO's room are dropped, as a real UART would.
+            c.enqueue_input(&buf[..n]);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let stdin = std::io::stdin();
+        if ops.add(Events::new(&stdin, EventSet::IN)).is_err() {
+            log::debug!("stdin cannot be polled; console input disabled");
+        }
+    }
+}
+
+/// Puts a terminal stdin into raw mode for the guest console and restores it on drop.
+struct RawStdin(bool);
+
+impl RawStdin {
+    fn new() -> Self {
+        // SAFETY: isatty only inspects the fd.
+        let tty = unsafe { libc::isatty(std::io::stdin().as_raw_fd()) } == 1;
+        RawStdin(tty && std::io::stdin().lock().set_raw_mode().is_ok())
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+/// Runs until a vCPU signals a stop; returns it.
+pub fn run<W: Write + Send + 'static>(
+    console: Arc<Mutex<Console<W>>>,
+    exit: &ExitSignal,
+) -> Result<VcpuStop> {
+    let _raw = RawStdin::new();
+    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(Error::Manager)?;
+    em.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
+    em.add_subscriber(Arc::new(Mutex::new(StdinInput { console })));
+    loop {
+        if let Some(stop) = exit.get() {
+            return Ok(stop);
+        }
+        em.run().map_err(Error::Manager)?;
+    }
+}

@@ -1,0 +1,94 @@
+//! The in-kernel GICv3.
+
+use crate::layout;
+use kvm_bindings::{
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
+};
+use kvm_ioctls::{DeviceFd, VmFd};
+
+/// Errors setting up the GIC.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM could not create a GICv3 (the host may lack GICv3 support).
+    #[error("KVM cannot create an in-kernel GICv3: {0}")]
+    Create(#[source] kvm_ioctls::Error),
+    /// A GIC attribute was refused.
+    #[error("KVM refused GICv3 attribute {what}: {source}")]
+    Attr {
+        /// What was being set.
+        what: &'static str,
+        /// The KVM error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Result of GIC set-up.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The VM's GICv3 device.
+pub struct Gic {
+    fd: DeviceFd,
+}
+
+fn set(fd: &DeviceFd, what: &'static str, group: u32, attr: u64, addr: u64) -> Result<()> {
+    let a = kvm_device_attr {
+        group,
+        attr,
+        addr,
+        flags: 0,
+    };
+    fd.set_device_attr(&a)
+        .map_err(|source| Error::Attr { what, source })
+}
+
+impl Gic {
+    /// Creates the GICv3 (after every vCPU exists: the redistributors follow them) and
+    /// initialises it.
+    pub fn new(vm: &VmFd) -> Result<Self> {
+        let mut dev = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
+            fd: 0,
+            flags: 0,
+        };
+        let fd = vm.create_device(&mut dev).map_err(Error::Create)?;
+        let dist = layout::GIC_DIST_BASE;
+        let redist = layout::GIC_REDIST_BASE;
+        set(
+            &fd,
+            "distributor address",
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST),
+            &dist as *const u64 as u64,
+        )?;
+        set(
+            &fd,
+            "redistributor address",
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            u64::from(KVM_VGIC_V3_ADDR_TYPE_REDIST),
+            &redist as *const u64 as u64,
+        )?;
+        let nr_irqs: u32 = layout::GIC_NR_IRQS;
+        set(
+            &fd,
+            "number of interrupts",
+            KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+            0,
+            &nr_irqs as *const u32 as u64,
+        )?;
+        set(
+            &fd,
+            "initialisation",
+            KVM_DEV_ARM_VGIC_GRP_CTRL,
+            u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
+            0,
+        )?;
+        Ok(Gic { fd })
+    }
+
+    /// The device fd (for saving and restoring GIC state).
+    pub fn fd(&self) -> &DeviceFd {
+        &self.fd
+    }
+}

@@ -1,0 +1,195 @@
+//! vCPUs: creation and initialisation (PSCI 0.2, secondaries powered off), boot registers,
+//! and the run loop that turns KVM exits into device accesses, hypercalls and VM exits.
+
+use crate::devices::MmioBus;
+use crate::regs;
+use kvm_bindings::{
+    kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use std::sync::Arc;
+
+/// Errors creating or running a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM refused to create the vCPU.
+    #[error("Cannot create vCPU {0}: {1}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    /// KVM has no preferred CPU target.
+    #[error("KVM reports no preferred vCPU target: {0}")]
+    PreferredTarget(#[source] kvm_ioctls::Error),
+    /// `KVM_ARM_VCPU_INIT` failed.
+    #[error("Cannot initialise vCPU {0}: {1}")]
+    Init(u8, #[source] kvm_ioctls::Error),
+    /// A register access failed.
+    #[error("Cannot access register {reg:#x} of vCPU {index}: {source}")]
+    Reg {
+        /// vCPU index.
+        index: u8,
+        /// ONE_REG id.
+        reg: u64,
+        /// The KVM error.
+        source: kvm_ioctls::Error,
+    },
+    /// `KVM_RUN` failed for a reason other than a signal.
+    #[error("KVM_RUN failed on vCPU {0}: {1}")]
+    Run(u8, #[source] kvm_ioctls::Error),
+}
+
+/// Result of vCPU operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a vCPU stopped running for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// PSCI SYSTEM_OFF.
+    Poweroff,
+    /// PSCI SYSTEM_RESET.
+    Reset,
+    /// A crash the guest reported, or KVM could not run the guest any more.
+    Crash,
+}
+
+/// Handles a forwarded hypercall (`KVM_EXIT_HYPERCALL`) on a vCPU.
+pub trait HypercallHandler: Send + Sync {
+    /// `nr` is the raw function ID, `flags` KVM's exit flags; the handler reads and writes the
+    /// vCPU's registers itself and must always write x0.
+    fn handle(&self, vcpu: &VcpuFd, index: u8, nr: u64, flags: u64);
+}
+
+/// One vCPU.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+    mpidr: u64,
+}
+
+impl Vcpu {
+    /// Creates and initialises vCPU `index` with features from `base` (KVM's preferred target
+    /// plus any feature bits the VM asks for); vCPU 0 starts running, the others are powered
+    /// off until PSCI CPU_ON.
+    pub fn new(fd: VcpuFd, index: u8, base: &kvm_vcpu_init) -> Result<Self> {
+        let mut init = *base;
+        init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+        if index > 0 {
+            init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+        }
+        fd.vcpu_init(&init).map_err(|e| Error::Init(index, e))?;
+        let mut v = Vcpu {
+            fd,
+            index,
+            mpidr: 0,
+        };
+        v.mpidr = v.get(regs::MPIDR_EL1)?;
+        Ok(v)
+    }
+
+    /// KVM's preferred target for this host, the base of every vCPU's init.
+    pub fn preferred_init(vm: &VmFd) -> Result<kvm_vcpu_init> {
+        let mut init = kvm_vcpu_init::default();
+        vm.get_preferred_target(&mut init)
+            .map_err(Error::PreferredTarget)?;
+        Ok(init)
+    }
+
+    /// Reads a 64-bit register.
+    pub fn get(&self, reg: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.fd
+            .get_one_reg(reg, &mut b)
+            .map_err(|source| Error::Reg {
+                index: self.index,
+                reg,
+                source,
+            })?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a 64-bit register.
+    pub fn set(&self, reg: u64, v: u64) -> Result<()> {
+        self.fd
+            .set_one_reg(reg, &v.to_le_bytes())
+            .map(|_| ())
+            .map_err(|source| Error::Reg {
+                index: self.index,
+                reg,
+                source,
+            })
+    }
+
+    /// MPIDR_EL1 as KVM assigned it.
+    pub fn mpidr(&self) -> u64 {
+        self.mpidr
+    }
+
+    /// The vCPU's fd.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Sets the boot registers of the boot CPU: PC at the kernel entry, x0 the device tree.
+    pub fn set_boot_regs(&self, entry: u64, fdt: u64) -> Result<()> {
+        self.set(regs::PSTATE, regs::PSTATE_EL1H_DAIF)?;
+        self.set(regs::PC, entry)?;
+        self.set(regs::X0, fdt)
+    }
+
+    /// Runs until the guest stops the VM.
+    pub fn run(
+        &mut self,
+        bus: &MmioBus,
+        hypercalls: Option<&Arc<dyn HypercallHandler>>,
+    ) -> Result<VcpuStop> {
+        loop {
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
+                Err(e) => return Err(Error::Run(self.index, e)),
+            };
+            match exit {
+                VcpuExit::MmioRead(addr, data) => bus.read(addr, data),
+                VcpuExit::MmioWrite(addr, data) => bus.write(addr, data),
+                VcpuExit::SystemEvent(kind, _) => {
+                    return Ok(match kind {
+                        KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::Poweroff,
+                        KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
+                        KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash,
+                        other => {
+                            log::warn!("vCPU {}: unknown system event {other}", self.index);
+                            VcpuStop::Crash
+                        }
+                    })
+                }
+                VcpuExit::Hypercall(h) => {
+                    // Copy the exit data out: it borrows the vCPU.
+                    let (nr, flags) = (h.nr, u64::from(h.longmode));
+                    match hypercalls {
+                        Some(handler) => handler.handle(&self.fd, self.index, nr, flags),
+                        None => {
+                            // No service forwards anything; answer NOT_SUPPORTED regardless.
+                            self.set(regs::X0, u64::MAX)?;
+                        }
+                    }
+                }
+                VcpuExit::FailEntry(reason, cpu) => {
+                    log::error!(
+                        "vCPU {}: KVM could not enter the guest (reason {reason:#x}, cpu {cpu})",
+                        self.index
+                    );
+                    return Ok(VcpuStop::Crash);
+                }
+                VcpuExit::InternalError => {
+                    log::error!("vCPU {}: KVM internal error", self.index);
+                    return Ok(VcpuStop::Crash);
+                }
+                other => {
+                    log::debug!("vCPU {}: ignored exit {other:?}", self.index);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Builds a VM from a [`VmConfig`] and runs it until the guest stops it.
+
+use crate::boot;
+use crate::config::VmConfig;
+use crate::devices::serial::Console;
+use crate::devices::MmioBus;
+use crate::eventloop::{self, ExitSignal};
+use crate::fdt::{self, FdtConfig};
+use crate::gic::{self, Gic};
+use crate::layout;
+use crate::memory;
+use crate::vcpu::{self, Vcpu, VcpuStop};
+use kvm_ioctls::Kvm;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` could not be opened.
+    #[error("Cannot open /dev/kvm: {0} (is KVM available and accessible?)")]
+    Kvm(#[source] kvm_ioctls::Error),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    /// Kernel, initrd or device tree loading.
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    /// A vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    /// Creating a vCPU.
+    #[error("Cannot create vCPU {0}: {1}")]
+    CreateVcpu(u8, String),
+    /// The GIC.
+    #[error(transparent)]
+    Gic(#[from] gic::Error),
+    /// The device tree.
+    #[error(transparent)]
+    Fdt(#[from] fdt::Error),
+    /// Device set-up.
+    #[error("Cannot set up the {what}: {source}")]
+    Device {
+        /// Which device.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The event loop.
+    #[error(transparent)]
+    EventLoop(#[from] eventloop::Error),
+    /// A thread could not be started.
+    #[error("Cannot start the thread for vCPU {0}: {1}")]
+    Thread(u8, #[source] std::io::Error),
+}
+
+impl Error {
+    /// Whether the error is the user's to fix (bad input or an unavailable feature) rather
+    /// than a failure of refvmm or KVM at run time.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Boot(_) | Error::Kvm(_) => true,
+            Error::Memory(memory::Error::Mte(_)) | Error::Memory(memory::Error::Create(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Result of running a VM.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Builds the VM and runs it; returns how the guest stopped it.
+pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
+    let kvm = Kvm::new().map_err(Error::Kvm)?;
+    let (handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
+    let loaded = boot::load_images(mem.memory(), cfg)?;
+
+    let base_init = Vcpu::preferred_init(handle.vm())?;
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
+    for i in 0..cfg.cpus {
+        let fd = handle
+            .create_vcpu(u64::from(i))
+            .map_err(|e| Error::CreateVcpu(i, e))?;
+        vcpus.push(Vcpu::new(fd, i, &base_init)?);
+    }
+    let _gic = Gic::new(handle.vm())?;
+
+    let mut bus = MmioBus::default();
+    let uart_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Device {
+        what: "console interrupt",
+        source,
+    })?;
+    handle
+        .vm()
+        .register_irqfd(&uart_irq, layout::UART_SPI)
+        .map_err(|e| Error::Device {
+            what: "console interrupt",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+    let console = Arc::new(Mutex::new(Console::new(uart_irq, std::io::stdout())));
+    bus.insert(layout::UART_BASE, layout::UART_SIZE, console.clone())
+        .map_err(|e| Error::Device {
+            what: "console",
+            source: std::io::Error::other(e),
+        })?;
+
+    let blob = fdt::build(&FdtConfig {
+        mpidrs: vcpus.iter().map(Vcpu::mpidr).collect(),
+        memory: cfg.memory,
+        cmdline: cfg.cmdline.clone(),
+        initrd: loaded.initrd,
+        sdei: cfg.sdei,
+        pmu: false,
+        virtio: Vec::new(),
+    })?;
+    let fdt_addr = boot::write_fdt(mem.memory(), cfg.memory, &blob)?;
+    if let Some(boot_cpu) = vcpus.first() {
+        boot_cpu.set_boot_regs(loaded.entry, fdt_addr)?;
+    }
+
+    let exit = ExitSignal::new().map_err(|source| Error::Device {
+        what: "exit notification",
+        source,
+    })?;
+    let bus = Arc::new(bus);
+    for (i, mut v) in (0u8..).zip(vcpus) {
+        let bus = bus.clone();
+        let exit = exit.clone();
+        std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                let stop = match v.run(&bus, None) {
+                    Ok(stop) => stop,
+                    Err(e) => {
+                        eprintln!("refvmm: {e}");
+                        VcpuStop::Crash
+                    }
+                };
+                exit.signal(stop);
+            })
+            .map_err(|e| Error::Thread(i, e))?;
+    }
+    let stop = eventloop::run(console, &exit)?;
+    // Keep the VM (and its memory) alive until here.
+    drop(handle);
+    Ok(stop)
+}
