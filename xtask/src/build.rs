@@ -101,6 +101,18 @@ pub fn test_executables(packages: &[String]) -> Result<Vec<(String, PathBuf)>, F
     run_json(c, true)
 }
 
+/// Builds an example of the `refvmm` package (release, static aarch64): a guest-side program.
+pub fn vmm_example(name: &str) -> Result<PathBuf, Fail> {
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "refvmm", "--example", name, "--target", TARGET]);
+    eprintln!("xtask: building guest program {name} for aarch64");
+    run_json(c, false)?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p)
+        .ok_or_else(|| Fail::new(format!("cargo built no {name} executable")))
+}
+
 /// Builds the aarch64 `refvmm` binary (release) and returns its path.
 pub fn refvmm() -> Result<PathBuf, Fail> {
     let mut c = cargo();
