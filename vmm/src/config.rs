@@ -66,6 +66,21 @@ pub struct Cli {
     pub api_socket: Option<PathBuf>,
 }
 
+/// `refvmm ctl`: send a request to a running refvmm's API socket.
+///
+/// Requests: `status`; `sdei-signal <event> [<vcpu>]` (event numbers in docs/refvmm.md).
+#[derive(Debug, Parser)]
+#[command(name = "refvmm ctl")]
+pub struct CtlCli {
+    /// The running refvmm's API socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+
+    /// The request and its arguments.
+    #[arg(required = true, num_args = 1.., value_name = "REQUEST")]
+    pub request: Vec<String>,
+}
+
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {

@@ -1,11 +1,13 @@
 //! The main thread's event loop (event-manager): console input from stdin, and the
 //! notification that a vCPU stopped the VM.
 
+use crate::api::{self, ApiHandler};
 use crate::devices::serial::Console;
 use crate::vcpu::VcpuStop;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -112,16 +114,41 @@ impl Drop for RawStdin {
     }
 }
 
+/// Accepts API connections and answers each one.
+struct ApiServer {
+    listener: UnixListener,
+    handler: Arc<dyn ApiHandler>,
+}
+
+impl MutEventSubscriber for ApiServer {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Ok((mut stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            api::serve_one(&mut stream, self.handler.as_ref());
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            log::error!("cannot watch the API socket: {e:?}");
+        }
+    }
+}
+
 /// Runs until a vCPU signals a stop; returns it.
 pub fn run<W: Write + Send + 'static>(
     console: Arc<Mutex<Console<W>>>,
     exit: &ExitSignal,
+    api: Option<(UnixListener, Arc<dyn ApiHandler>)>,
 ) -> Result<VcpuStop> {
     let _raw = RawStdin::new();
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(Error::Manager)?;
     em.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
     em.add_subscriber(Arc::new(Mutex::new(StdinInput { console })));
+    if let Some((listener, handler)) = api {
+        em.add_subscriber(Arc::new(Mutex::new(ApiServer { listener, handler })));
+    }
     loop {
         if let Some(stop) = exit.get() {
             return Ok(stop);

@@ -3,10 +3,12 @@
 //! [`devices`] (MMIO bus, console), and on aarch64 `memory`, `boot`, `vcpu`, `gic`,
 //! `eventloop` and `vm`, which talk to KVM.
 
+pub mod api;
 pub mod config;
 pub mod devices;
 pub mod fdt;
 pub mod layout;
+pub mod logger;
 
 #[cfg(target_arch = "aarch64")]
 pub mod boot;
@@ -18,6 +20,8 @@ pub mod gic;
 pub mod memory;
 #[cfg(target_arch = "aarch64")]
 pub mod regs;
+#[cfg(target_arch = "aarch64")]
+pub mod sdei;
 #[cfg(target_arch = "aarch64")]
 pub mod vcpu;
 #[cfg(target_arch = "aarch64")]

@@ -9,6 +9,10 @@ use refvmm::{config, exit_status};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    refvmm::logger::init();
+    if std::env::args().nth(1).as_deref() == Some("ctl") {
+        return ctl();
+    }
     let cli = config::Cli::parse();
     let cfg = match config::VmConfig::try_from(cli) {
         Ok(c) => c,
@@ -59,4 +63,19 @@ fn run(cfg: config::VmConfig) -> ExitCode {
 fn run(_cfg: config::VmConfig) -> ExitCode {
     eprintln!("refvmm: runs only on aarch64 hosts with KVM");
     ExitCode::from(exit_status::CONFIG)
+}
+
+/// `refvmm ctl --api-socket <path> <request...>`: sends one request to a running refvmm.
+fn ctl() -> ExitCode {
+    let cli = config::CtlCli::parse_from(std::env::args().skip(1));
+    match refvmm::api::client(&cli.api_socket, &cli.request) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refvmm ctl: {e}");
+            ExitCode::from(exit_status::VMM_ERROR)
+        }
+    }
 }

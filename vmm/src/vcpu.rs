@@ -8,7 +8,8 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
 
 /// Errors creating or running a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +52,75 @@ pub enum VcpuStop {
     Crash,
 }
 
-/// Handles a forwarded hypercall (`KVM_EXIT_HYPERCALL`) on a vCPU.
+/// Handles a forwarded hypercall (`KVM_EXIT_HYPERCALL`) on a vCPU, and gets a look at the
+/// vCPU before each `KVM_RUN` (to deliver events by rewriting registers).
 pub trait HypercallHandler: Send + Sync {
     /// `nr` is the raw function ID, `flags` KVM's exit flags; the handler reads and writes the
     /// vCPU's registers itself and must always write x0.
     fn handle(&self, vcpu: &VcpuFd, index: u8, nr: u64, flags: u64);
+
+    /// Called with the vCPU out of `KVM_RUN`, right before it enters again.
+    fn before_run(&self, vcpu: &VcpuFd, index: u8);
+}
+
+thread_local! {
+    /// The running vCPU's `kvm_run` area, for the kick signal handler.
+    static KVM_RUN_AREA: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Setting immediate_exit makes a KVM_RUN that has not started yet return EINTR at once,
+    // closing the race between "no event pending" and entering the guest.
+    let p = KVM_RUN_AREA.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: `p` points to this thread's vCPU `kvm_run` mapping, which stays mapped while
+        // the pointer is published (see `Vcpu::run`); a single byte store is signal safe.
+        unsafe { std::ptr::addr_of_mut!((*p).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick signal's handler (process-wide, once before vCPU threads start).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Kicks vCPU threads out of `KVM_RUN`.
+pub struct Kicker {
+    threads: Mutex<Vec<Option<libc::pthread_t>>>,
+}
+
+impl Kicker {
+    /// A kicker for `n` vCPUs, none registered yet.
+    pub fn new(n: usize) -> Self {
+        Kicker {
+            threads: Mutex::new(vec![None; n]),
+        }
+    }
+
+    /// Records the thread of vCPU `index`.
+    pub fn register(&self, index: usize, thread: libc::pthread_t) {
+        if let Some(slot) = self.threads.lock().unwrap_or_else(|p| p.into_inner()).get_mut(index) {
+            *slot = Some(thread);
+        }
+    }
+
+    /// Sends the kick signal to vCPU `index`'s thread.
+    pub fn kick(&self, index: usize) {
+        let t = self.threads.lock().unwrap_or_else(|p| p.into_inner()).get(index).copied().flatten();
+        if let Some(t) = t {
+            // SAFETY: `t` is a live vCPU thread (vCPU threads run until the process exits).
+            let rc = unsafe { libc::pthread_kill(t, kick_signal()) };
+            if rc != 0 {
+                log::warn!("cannot kick vCPU {index}: error {rc}");
+            }
+        }
+    }
 }
 
 /// One vCPU.
@@ -141,7 +206,22 @@ impl Vcpu {
         bus: &MmioBus,
         hypercalls: Option<&Arc<dyn HypercallHandler>>,
     ) -> Result<VcpuStop> {
+        let area: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        KVM_RUN_AREA.with(|c| c.set(area));
+        let res = self.run_loop(bus, hypercalls);
+        KVM_RUN_AREA.with(|c| c.set(std::ptr::null_mut()));
+        res
+    }
+
+    fn run_loop(
+        &mut self,
+        bus: &MmioBus,
+        hypercalls: Option<&Arc<dyn HypercallHandler>>,
+    ) -> Result<VcpuStop> {
         loop {
+            if let Some(h) = hypercalls {
+                h.before_run(&self.fd, self.index);
+            }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -1,6 +1,8 @@
 //! Builds a VM from a [`VmConfig`] and runs it until the guest stops it.
 
+use crate::api::{self, ApiHandler, Request};
 use crate::boot;
+use crate::sdei::{self, Sdei};
 use crate::config::VmConfig;
 use crate::devices::serial::Console;
 use crate::devices::MmioBus;
@@ -9,7 +11,8 @@ use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
 use crate::layout;
 use crate::memory;
-use crate::vcpu::{self, Vcpu, VcpuStop};
+use crate::vcpu::{self, install_kick_handler, HypercallHandler, Kicker, Vcpu, VcpuStop};
+use std::os::unix::thread::JoinHandleExt;
 use kvm_ioctls::Kvm;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
@@ -49,6 +52,12 @@ pub enum Error {
     /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] eventloop::Error),
+    /// SDEI.
+    #[error(transparent)]
+    Sdei(#[from] sdei::Error),
+    /// The API socket.
+    #[error(transparent)]
+    Api(api::Error),
     /// A thread could not be started.
     #[error("Cannot start the thread for vCPU {0}: {1}")]
     Thread(u8, #[source] std::io::Error),
@@ -59,7 +68,7 @@ impl Error {
     /// than a failure of refvmm or KVM at run time.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Boot(_) | Error::Kvm(_) => true,
+            Error::Boot(_) | Error::Kvm(_) | Error::Api(_) => true,
             Error::Memory(memory::Error::Mte(_)) | Error::Memory(memory::Error::Create(_)) => true,
             _ => false,
         }
@@ -73,7 +82,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let kvm = Kvm::new().map_err(Error::Kvm)?;
     let (handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
+    log::info!("guest memory ready ({} MiB, MTE {})", cfg.memory >> 20, cfg.mte);
     let loaded = boot::load_images(mem.memory(), cfg)?;
+    log::info!("kernel at {:#x}, initrd {:x?}", loaded.entry, loaded.initrd);
 
     let base_init = Vcpu::preferred_init(handle.vm())?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
@@ -83,7 +94,21 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             .map_err(|e| Error::CreateVcpu(i, e))?;
         vcpus.push(Vcpu::new(fd, i, &base_init)?);
     }
+    let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
+    let kicker = Arc::new(Kicker::new(vcpus.len()));
+    let sdei = if cfg.sdei {
+        install_kick_handler().map_err(|source| Error::Device {
+            what: "vCPU kick signal",
+            source,
+        })?;
+        let s = Arc::new(Sdei::new(&mpidrs, cfg.mte, kicker.clone())?);
+        s.install_filter(handle.vm())?;
+        Some(s)
+    } else {
+        None
+    };
     let _gic = Gic::new(handle.vm())?;
+    log::info!("{} vCPUs and the GIC ready", cfg.cpus);
 
     let mut bus = MmioBus::default();
     let uart_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Device {
@@ -105,7 +130,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         })?;
 
     let blob = fdt::build(&FdtConfig {
-        mpidrs: vcpus.iter().map(Vcpu::mpidr).collect(),
+        mpidrs,
         memory: cfg.memory,
         cmdline: cfg.cmdline.clone(),
         initrd: loaded.initrd,
@@ -123,13 +148,26 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         source,
     })?;
     let bus = Arc::new(bus);
+    log::info!("starting the vCPUs");
+    let hooks: Option<Arc<dyn HypercallHandler>> = sdei
+        .clone()
+        .map(|s| s as Arc<dyn HypercallHandler>);
+    let api = match &cfg.api_socket {
+        Some(path) => {
+            let listener = api::bind(path).map_err(Error::Api)?;
+            let handler: Arc<dyn ApiHandler> = Arc::new(VmApi { sdei: sdei.clone() });
+            Some((listener, handler))
+        }
+        None => None,
+    };
     for (i, mut v) in (0u8..).zip(vcpus) {
         let bus = bus.clone();
         let exit = exit.clone();
-        std::thread::Builder::new()
+        let hooks = hooks.clone();
+        let t = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
             .spawn(move || {
-                let stop = match v.run(&bus, None) {
+                let stop = match v.run(&bus, hooks.as_ref()) {
                     Ok(stop) => stop,
                     Err(e) => {
                         eprintln!("refvmm: {e}");
@@ -139,9 +177,41 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
                 exit.signal(stop);
             })
             .map_err(|e| Error::Thread(i, e))?;
+        kicker.register(usize::from(i), t.as_pthread_t());
     }
-    let stop = eventloop::run(console, &exit)?;
+    let stop = eventloop::run(console, &exit, api)?;
+    if let Some(p) = &cfg.api_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    log::info!("the guest stopped the VM: {stop:?}");
     // Keep the VM (and its memory) alive until here.
     drop(handle);
+    log::info!("VM torn down");
     Ok(stop)
+}
+
+/// The VM as the API sees it.
+struct VmApi {
+    sdei: Option<Arc<Sdei>>,
+}
+
+impl ApiHandler for VmApi {
+    fn handle(&self, request: Request) -> std::result::Result<String, String> {
+        match request {
+            Request::Status => Ok("running".into()),
+            Request::SdeiSignal { event, vcpu } => {
+                let sdei = self
+                    .sdei
+                    .as_ref()
+                    .ok_or("SDEI is not enabled (start refvmm with --sdei)")?;
+                match sdei.raise(event, vcpu) {
+                    Ok(sdei_dispatch::RaiseOutcome::Pending) => Ok("pending".into()),
+                    Ok(sdei_dispatch::RaiseOutcome::AlreadyPending) => Ok("already-pending".into()),
+                    Ok(sdei_dispatch::RaiseOutcome::NotRegistered) => Ok("not-registered".into()),
+                    Ok(sdei_dispatch::RaiseOutcome::NotBound) => Ok("not-bound".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
 }

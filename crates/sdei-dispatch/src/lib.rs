@@ -61,6 +61,8 @@ mod delivery;
 mod dispatcher;
 pub mod machine;
 pub mod regs;
+#[cfg(feature = "router")]
+pub mod service;
 pub mod state;
 pub mod vmm;
 
@@ -71,6 +73,8 @@ pub use machine::HandlerState;
 pub use regs::{RegisterFile, SdeiRegisters};
 pub use state::{DispatcherState, RestoreError};
 pub use vmm::{RaiseOutcome, VmmError};
+#[cfg(feature = "router")]
+pub use service::{ControlWrites, SdeiService};
 
 /// Runs the README's examples as doc tests.
 #[cfg(doctest)]

@@ -286,6 +286,16 @@ pub(crate) fn validate(
             Routing::Pe(mpidr) if layout.vcpu_by_mpidr(mpidr).is_none() => {
                 return Err(RestoreError::Routing { event })
             }
+            // Routing only changes while the event is registered, disabled and not running,
+            // and it cannot be registered again while it runs: a handler runs where it is
+            // routed.
+            Routing::Pe(mpidr)
+                if shared
+                    .running_on
+                    .is_some_and(|v| layout.vcpu_by_mpidr(mpidr) != Some(v)) =>
+            {
+                return Err(RestoreError::Routing { event })
+            }
             _ => {}
         }
         if shared.entry.state.running != shared.running_on.is_some() {

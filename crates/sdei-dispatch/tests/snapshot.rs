@@ -220,6 +220,14 @@ fn restore_refuses_inconsistent_bindings_and_routing() {
             event: SHARED_SLOT0,
         },
     );
+    // Running on vCPU 1 while routed RM_PE to vCPU 2: routing cannot change under a
+    // running handler, so no call sequence reaches this.
+    refused(
+        |s| s.shared_events[0].routing = Routing::Pe(2),
+        RestoreError::Routing {
+            event: SHARED_NORMAL,
+        },
+    );
     refused(
         |s| s.shared_events[1].routing = Routing::Pe(1),
         RestoreError::Routing {
