@@ -220,14 +220,6 @@ fn restore_refuses_inconsistent_bindings_and_routing() {
             event: SHARED_SLOT0,
         },
     );
-    // Running on vCPU 1 while routed RM_PE to vCPU 2: routing cannot change under a
-    // running handler, so no call sequence reaches this.
-    refused(
-        |s| s.shared_events[0].routing = Routing::Pe(2),
-        RestoreError::Routing {
-            event: SHARED_NORMAL,
-        },
-    );
     refused(
         |s| s.shared_events[1].routing = Routing::Pe(1),
         RestoreError::Routing {
@@ -293,5 +285,27 @@ fn memory_footprint_grows_with_vcpus_and_events() {
             + 5 * core::mem::size_of::<sdei_dispatch::state::EventEntry>()
             + core::mem::size_of::<u64>()),
         "per vCPU: its state, its 5 private entries (event 0 + 4 declared), its MPIDR"
+    );
+}
+
+#[test]
+fn restore_refuses_a_running_shared_event_routed_to_another_vcpu() {
+    // Rule: routing only changes while an event is registered, disabled and not running, so a
+    // registered shared handler always runs on the vCPU it is routed to.
+    let mut vm = Vm::new(3);
+    assert_eq!(vm.register_pe(1, SHARED_NORMAL, 1), 0);
+    assert_eq!(vm.enable(1, SHARED_NORMAL), 0);
+    vm.unmask(1);
+    vm.sdei.raise(SHARED_NORMAL, None).unwrap();
+    vm.dispatch(1).unwrap();
+    let good = vm.sdei.state();
+    assert!(restore(good.clone()).is_ok());
+    let mut bad = good;
+    bad.shared_events[0].routing = Routing::Pe(2);
+    assert_eq!(
+        restore(bad).err(),
+        Some(RestoreError::Routing {
+            event: SHARED_NORMAL
+        })
     );
 }
