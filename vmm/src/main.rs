@@ -21,6 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_status::CONFIG);
         }
     };
+    if cfg.seccomp != config::SeccompMode::Off {
+        log::warn!("seccomp filters are not implemented yet: running without them");
+    }
     run(cfg)
 }
 

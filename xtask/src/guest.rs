@@ -1,30 +1,41 @@
 //! Guests for refvmm ("L2"): a busybox initramfs with an init script and extra programs, and
 //! the main job that boots Debian's arm64 kernel on refvmm inside the emulated machine.
 
+use crate::build;
 use crate::cpio::Cpio;
 use crate::l1::{self, Job};
 use crate::setup::Testbed;
 use crate::util::Fail;
-use crate::build;
 use std::path::Path;
 use std::time::Duration;
 
 /// Builds a guest initramfs: busybox, `/init` from `init_script`, and `files` in `/bin`.
-pub fn initramfs(tb: &Testbed, init_script: &str, files: &[(&str, &Path)], out: &Path) -> Result<(), Fail> {
+pub fn initramfs(
+    tb: &Testbed,
+    init_script: &str,
+    files: &[(&str, &Path)],
+    out: &Path,
+) -> Result<(), Fail> {
     let mut c = Cpio::default();
-    for d in ["bin", "sbin", "usr", "usr/bin", "proc", "sys", "dev", "tmp", "mnt"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "proc", "sys", "dev", "tmp", "mnt",
+    ] {
         c.dir(d);
     }
-    let bb = std::fs::read(&tb.busybox).map_err(|e| Fail::new(format!("cannot read busybox: {e}")))?;
+    let bb =
+        std::fs::read(&tb.busybox).map_err(|e| Fail::new(format!("cannot read busybox: {e}")))?;
     c.file("bin/busybox", 0o755, &bb);
     c.symlink("bin/sh", "busybox");
     c.file("init", 0o755, init_script.as_bytes());
     for (name, path) in files {
-        let data = std::fs::read(path).map_err(|e| Fail::new(format!("cannot read {}: {e}", path.display())))?;
+        let data = std::fs::read(path)
+            .map_err(|e| Fail::new(format!("cannot read {}: {e}", path.display())))?;
         c.file(&format!("bin/{name}"), 0o755, &data);
     }
-    let mut f = std::fs::File::create(out).map_err(|e| Fail::new(format!("cannot create {}: {e}", out.display())))?;
-    c.finish(&mut f).map_err(|e| Fail::new(format!("cannot write {}: {e}", out.display())))
+    let mut f = std::fs::File::create(out)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", out.display())))?;
+    c.finish(&mut f)
+        .map_err(|e| Fail::new(format!("cannot write {}: {e}", out.display())))
 }
 
 const BOOT_GUEST_INIT: &str = r#"#!/bin/busybox sh
@@ -71,13 +82,29 @@ fn mem_kib(out: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// One checked fact of a guest scenario.
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+}
+
+fn check(name: &str, failure: Option<String>) -> Check {
+    Check {
+        name: name.to_string(),
+        failure,
+    }
+}
+
 /// The main job: Debian's arm64 kernel on refvmm with 2 vCPUs and MTE, to an init that
 /// reports what the guest sees and runs the MTE check, then powers off.
-pub fn boot(tb: &Testbed) -> Result<Vec<String>, Fail> {
+pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     let refvmm = build::refvmm()?;
     let mte_check = build::vmm_example("mte_check")?;
     let work = std::env::temp_dir().join(format!("xtask-boot-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     let cpio = work.join("guest.cpio");
     initramfs(tb, BOOT_GUEST_INIT, &[("mte_check", &mte_check)], &cpio)?;
     let job = Job {
@@ -95,27 +122,43 @@ pub fn boot(tb: &Testbed) -> Result<Vec<String>, Fail> {
     let _ = std::fs::remove_dir_all(&work);
     let res = res?;
     let out = &res.output;
-    let mut failures = Vec::new();
-    if marker(out, "@@GUEST-INIT").is_none() {
-        failures.push("the guest never reached /init".to_string());
-    }
-    match marker(out, "@@GUEST-CPUS") {
-        Some("2") => {}
-        other => failures.push(format!("the guest sees {other:?} CPUs, expected 2")),
-    }
+    let mut checks = vec![check(
+        "boot: the guest reaches /init",
+        marker(out, "@@GUEST-INIT")
+            .is_none()
+            .then(|| "the guest never reached /init".to_string()),
+    )];
+    checks.push(check(
+        "boot: the guest brings up 2 vCPUs",
+        match marker(out, "@@GUEST-CPUS") {
+            Some("2") => None,
+            other => Some(format!("the guest sees {other:?} CPUs, expected 2")),
+        },
+    ));
     let features = marker(out, "@@GUEST-FEATURES").unwrap_or_default();
-    if !features.split_whitespace().any(|f| f == "mte") {
-        failures.push("the guest's /proc/cpuinfo does not show mte".into());
-    }
-    if marker(out, "@@GUEST-MTE-CHECK") != Some("0") || !out.contains("MTE-CHECK PASS") {
-        failures.push("the guest's MTE check failed".into());
-    }
-    match marker(out, "@@REFVMM-EXIT") {
-        Some("0") => {}
-        other => failures.push(format!("refvmm exited with {other:?}, expected 0 (guest poweroff)")),
-    }
+    checks.push(check(
+        "boot: the guest's cpuinfo shows mte",
+        (!features.split_whitespace().any(|f| f == "mte"))
+            .then(|| "the guest's /proc/cpuinfo does not show mte".to_string()),
+    ));
+    checks.push(check(
+        "boot: tagged memory in the guest (match ok, mismatch faults)",
+        (marker(out, "@@GUEST-MTE-CHECK") != Some("0") || !out.contains("MTE-CHECK PASS"))
+            .then(|| "the guest's MTE check failed".to_string()),
+    ));
+    checks.push(check(
+        "boot: guest poweroff gives refvmm exit status 0",
+        match marker(out, "@@REFVMM-EXIT") {
+            Some("0") => None,
+            other => Some(format!(
+                "refvmm exited with {other:?}, expected 0 (guest poweroff)"
+            )),
+        },
+    ));
     let t = |m| marker(out, m).and_then(|v| v.parse::<f64>().ok());
-    if let (Some(l1_boot), Some(start), Some(init)) = (t("@@L1-UPTIME-AT-JOB"), t("@@T-START"), t("@@T-INIT")) {
+    if let (Some(l1_boot), Some(start), Some(init)) =
+        (t("@@L1-UPTIME-AT-JOB"), t("@@T-START"), t("@@T-INIT"))
+    {
         let l2 = init - start;
         println!(
             "xtask: refvmm start -> guest /init: {l2:.2} s; the emulated machine's own boot to its /init (QEMU TCG): {l1_boot:.2} s; ratio {:.2}",
@@ -130,5 +173,23 @@ pub fn boot(tb: &Testbed) -> Result<Vec<String>, Fail> {
             mem_kib(out, "RssFile")
         );
     }
-    Ok(failures)
+    Ok(checks)
+}
+
+/// Prints each check in libtest's style and returns the counts.
+pub fn report(checks: &[Check]) -> crate::util::Counts {
+    let mut c = crate::util::Counts::default();
+    for ch in checks {
+        match &ch.failure {
+            None => {
+                println!("test {} ... ok", ch.name);
+                c.passed += 1;
+            }
+            Some(why) => {
+                println!("test {} ... FAILED: {why}", ch.name);
+                c.failed += 1;
+            }
+        }
+    }
+    c
 }

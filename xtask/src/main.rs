@@ -20,6 +20,7 @@
 mod build;
 mod cpio;
 mod guest;
+mod kmod;
 mod l1;
 mod setup;
 mod util;
@@ -41,6 +42,12 @@ fn main() -> ExitCode {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match argv.as_slice() {
         ["setup"] => setup::run().map(|_| Outcome::Ok),
+        ["kmod"] => setup::run()
+            .and_then(|tb| kmod::build_sdei_module(&tb))
+            .map(|ko| {
+                println!("{}", ko.display());
+                Outcome::Ok
+            }),
         ["test"] => cmd_test(),
         ["boot"] => cmd_boot(),
         ["arm64", "test", rest @ ..] => {
@@ -105,7 +112,9 @@ fn verdict(what: &str, c: Counts) -> Outcome {
 fn host_cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, Counts), Fail> {
     use std::io::{BufRead, BufReader};
     let mut c = Command::new("cargo");
-    c.args(args).current_dir(workspace_root()).stdout(Stdio::piped());
+    c.args(args)
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped());
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -113,7 +122,10 @@ fn host_cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, Counts), Fa
     let mut child = c
         .spawn()
         .map_err(|e| Fail::new(format!("cannot run cargo: {e}")))?;
-    let out = child.stdout.take().ok_or_else(|| Fail::new("no cargo stdout"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Fail::new("no cargo stdout"))?;
     let mut counts = Counts::default();
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         println!("{line}");
@@ -134,7 +146,15 @@ fn cmd_test() -> Result<Outcome, Fail> {
         problems.push("cargo fmt --check".to_string());
     }
     let (ok, _) = host_cargo(
-        &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     if !ok {
@@ -156,8 +176,17 @@ fn cmd_test() -> Result<Outcome, Fail> {
         }
     }
     println!("host tests: {} passed, {} failed", host.passed, host.failed);
-    let arm = cmd_arm64_test_with(Some(&tb), &[], None)?;
-    println!("emulated arm64 tests: {} passed, {} failed", arm.passed, arm.failed);
+    let mut arm = cmd_arm64_test_with(Some(&tb), &[], None)?;
+    println!(
+        "emulated arm64 tests: {} passed, {} failed",
+        arm.passed, arm.failed
+    );
+    let guests = guest::report(&guest::boot(&tb)?);
+    println!(
+        "emulated guest scenarios: {} passed, {} failed",
+        guests.passed, guests.failed
+    );
+    arm = arm.plus(guests);
     let all = host.plus(arm);
     println!("test command took {} s", start.elapsed().as_secs());
     println!("{} passed, {} failed", all.passed, all.failed);
@@ -184,10 +213,20 @@ struct Extra {
 fn extra_host_checks() -> Vec<Extra> {
     let root = workspace_root();
     let mut v = Vec::new();
-    if root.join("crates/mte-memory/tests/loom_tag_init.rs").exists() {
+    if root
+        .join("crates/mte-memory/tests/loom_tag_init.rs")
+        .exists()
+    {
         v.push(Extra {
             name: "loom model of MTE tag initialisation",
-            args: vec!["test", "-p", "mte-memory", "--test", "loom_tag_init", "--release"],
+            args: vec![
+                "test",
+                "-p",
+                "mte-memory",
+                "--test",
+                "loom_tag_init",
+                "--release",
+            ],
             envs: vec![
                 ("RUSTFLAGS", "--cfg loom"),
                 ("CARGO_TARGET_DIR", "target/loom"),
@@ -198,7 +237,11 @@ fn extra_host_checks() -> Vec<Extra> {
 }
 
 fn cmd_arm64_test(packages: &[String], filter: Option<&str>) -> Result<Counts, Fail> {
-    let tb = if l1::native_kvm() { None } else { Some(setup::run()?) };
+    let tb = if l1::native_kvm() {
+        None
+    } else {
+        Some(setup::run()?)
+    };
     cmd_arm64_test_with(tb.as_ref(), packages, filter)
 }
 
@@ -251,7 +294,10 @@ fn count_per_binary(output: &str, mut counts: Counts) -> Counts {
         } else if line.trim_start().starts_with("test result: ") {
             summarised = true;
         } else if let Some(rest) = line.strip_prefix("@@TESTRC ") {
-            let rc = rest.rsplit(' ').next().and_then(|r| r.trim().parse::<i32>().ok());
+            let rc = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|r| r.trim().parse::<i32>().ok());
             if rc != Some(0) && !summarised {
                 println!("xtask: {rest}: test binary died without a summary");
                 counts.failed += 1;
@@ -330,11 +376,21 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
-    let tb = if l1::native_kvm() { None } else { Some(setup::run()?) };
+    let tb = if l1::native_kvm() {
+        None
+    } else {
+        Some(setup::run()?)
+    };
     if r.refvmm {
         r.files.push(("refvmm".into(), build::refvmm()?));
     }
-    let script = r.cmd.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ") + "\n";
+    let script = r
+        .cmd
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+        + "\n";
     let job = l1::Job {
         files: r.files,
         script,
@@ -343,22 +399,24 @@ fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
         echo: true,
     };
     let res = l1::run(tb.as_ref(), &job)?;
-    println!("xtask: command exited with status {} inside the emulated machine", res.exit);
+    println!(
+        "xtask: command exited with status {} inside the emulated machine",
+        res.exit
+    );
     if res.exit == 0 {
         Ok(Outcome::Ok)
     } else {
-        Ok(Outcome::Failed(format!("the command exited with status {}", res.exit)))
+        Ok(Outcome::Failed(format!(
+            "the command exited with status {}",
+            res.exit
+        )))
     }
 }
 
 /// The main job: boot Debian's arm64 kernel on refvmm (2 vCPUs, MTE) in the emulated machine.
 fn cmd_boot() -> Result<Outcome, Fail> {
     let tb = setup::run()?;
-    let failures = guest::boot(&tb)?;
-    if failures.is_empty() {
-        println!("xtask: guest boot on refvmm: PASS");
-        Ok(Outcome::Ok)
-    } else {
-        Ok(Outcome::Failed(failures.join("; ")))
-    }
+    let c = guest::report(&guest::boot(&tb)?);
+    println!("{} passed, {} failed", c.passed, c.failed);
+    Ok(verdict("guest boot on refvmm", c))
 }

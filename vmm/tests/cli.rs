@@ -1,0 +1,108 @@
+//! The `refvmm` binary's command line: every bad input gives a clear message and a documented
+//! non-zero status, never a panic. (Runs on any host: these errors come before KVM.)
+
+use std::process::{Command, Output};
+
+fn refvmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_refvmm"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run refvmm")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, status: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(status), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "refvmm panicked: {err}");
+}
+
+fn kernel_stub() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("refvmm-cli-kernel-{}", std::process::id()));
+    std::fs::write(&p, b"stub").unwrap();
+    p
+}
+
+#[test]
+fn help_is_available_and_names_every_option() {
+    let o = refvmm(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for opt in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--mte", "--sdei", "--seccomp", "--api-socket"] {
+        assert!(out.contains(opt), "--help lacks {opt}");
+    }
+}
+
+#[test]
+fn missing_kernel_option_is_a_usage_error() {
+    assert_clean_failure(&refvmm(&[]), 2, "--kernel");
+}
+
+#[test]
+fn unknown_option_is_a_usage_error() {
+    assert_clean_failure(&refvmm(&["--kernel", "x", "--frobnicate"]), 2, "--frobnicate");
+}
+
+#[test]
+fn nonexistent_kernel_is_a_configuration_error() {
+    assert_clean_failure(&refvmm(&["--kernel", "/nonexistent/Image"]), 3, "Kernel /nonexistent/Image: no such file");
+}
+
+#[test]
+fn too_little_memory_is_a_configuration_error() {
+    let k = kernel_stub();
+    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "8M"]), 3, "too little memory");
+}
+
+#[test]
+fn malformed_memory_size_is_a_configuration_error() {
+    let k = kernel_stub();
+    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "12Q"]), 3, "unknown suffix");
+}
+
+#[test]
+fn zero_cpus_is_a_configuration_error() {
+    let k = kernel_stub();
+    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--cpus", "0"]), 3, "Number of vCPUs");
+}
+
+#[test]
+fn non_numeric_cpus_is_a_usage_error() {
+    assert_clean_failure(&refvmm(&["--kernel", "x", "--cpus", "many"]), 2, "--cpus");
+}
+
+#[test]
+fn missing_initrd_is_a_configuration_error() {
+    let k = kernel_stub();
+    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--initrd", "/nope.cpio"]), 3, "Initrd /nope.cpio");
+}
+
+#[test]
+fn bad_seccomp_mode_is_a_usage_error() {
+    assert_clean_failure(&refvmm(&["--kernel", "x", "--seccomp", "strict"]), 2, "--seccomp");
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn a_file_that_is_not_an_arm64_image_is_refused_clearly() {
+    let k = kernel_stub();
+    let o = refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "64M", "--seccomp", "off"]);
+    assert_clean_failure(&o, 3, "Cannot load the kernel as an arm64 Image");
+}
+
+#[test]
+fn ctl_without_a_running_vmm_fails_clearly() {
+    let o = refvmm(&["ctl", "--api-socket", "/nonexistent.sock", "status"]);
+    assert_clean_failure(&o, 1, "API socket /nonexistent.sock");
+}
+
+#[test]
+fn ctl_refuses_an_unknown_request_before_connecting() {
+    let o = refvmm(&["ctl", "--api-socket", "/nonexistent.sock", "reboot"]);
+    assert_clean_failure(&o, 1, "unknown request");
+}
