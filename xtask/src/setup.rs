@@ -239,7 +239,7 @@ fn newest_kernel_package() -> Result<(String, String), Fail> {
 }
 
 /// Downloads `pkg` with apt into `dir`, checks its SHA256 against apt's index, unpacks it.
-fn download_verified(pkg: &str, work: &Path, dest: &Path) -> Result<(), Fail> {
+pub(crate) fn download_verified(pkg: &str, work: &Path, dest: &Path) -> Result<(), Fail> {
     fs::create_dir_all(work).map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     for old in fs::read_dir(work).into_iter().flatten().flatten() {
         let _ = fs::remove_file(old.path());

@@ -95,10 +95,14 @@ struct sdei_test_record {
 static struct sdei_test_record ring[SDEI_TEST_RING_SIZE];
 static atomic64_t next_seq = ATOMIC64_INIT(0);
 
-/* Per CPU: handler nesting depth and the "IRQs are masked on purpose" flag. */
+/*
+ * Per CPU: the handler nesting depth, the "IRQs are masked on purpose" flag
+ * and a count of every delivery (real or injected) that the spinning handler
+ * and the interrupt-masked window compare before and after.
+ */
 static DEFINE_PER_CPU(int, handler_depth);
 static DEFINE_PER_CPU(int, irqoff_window);
-static DEFINE_PER_CPU(unsigned int, window_deliveries);
+static DEFINE_PER_CPU(unsigned int, cpu_deliveries);
 /* Set while /proc/sdei_test_inject calls the handler on this CPU. */
 static DEFINE_PER_CPU(int, injecting);
 
@@ -153,12 +157,12 @@ static bool read_record(u64 seq, struct sdei_test_record *out)
 static void spin_in_handler(unsigned int ms)
 {
 	unsigned int us = min(ms, (unsigned int)SDEI_TEST_MAX_SPIN_MS) * 1000;
-	unsigned int nested_before = this_cpu_read(window_deliveries);
+	unsigned int nested_before = this_cpu_read(cpu_deliveries);
 	unsigned int waited;
 
 	for (waited = 0; waited < us; waited += 100) {
 		udelay(100);
-		if (this_cpu_read(window_deliveries) != nested_before)
+		if (this_cpu_read(cpu_deliveries) != nested_before)
 			break;
 	}
 }
@@ -173,11 +177,12 @@ static int sdei_test_handler(u32 event, struct pt_regs *regs, void *arg)
 	int depth = this_cpu_inc_return(handler_depth) - 1;
 	bool irqoff = this_cpu_read(irqoff_window) != 0;
 	bool pstate_i = regs && (regs->pstate & PSR_I_BIT);
-	bool injected = this_cpu_read(injecting) != 0;
+	/* A real event that lands during an injection is not an injection. */
+	bool injected = depth == 0 && this_cpu_read(injecting) != 0;
 	unsigned int ms;
 
 	/* Counts every delivery on this CPU: the spinner and irqoff windows watch it. */
-	this_cpu_inc(window_deliveries);
+	this_cpu_inc(cpu_deliveries);
 	record_delivery(event, depth > 0, irqoff, pstate_i, injected);
 	if (ev && injected) {
 		atomic_inc(&ev->injected);
@@ -314,11 +319,11 @@ static ssize_t sdei_test_irqoff_write(struct file *file, const char __user *buf,
 	mutex_lock(&irqoff_lock);
 	local_irq_save(flags);
 	cpu = smp_processor_id();
-	before = this_cpu_read(window_deliveries);
+	before = this_cpu_read(cpu_deliveries);
 	this_cpu_write(irqoff_window, 1);
 	mdelay(ms);
 	this_cpu_write(irqoff_window, 0);
-	seen = this_cpu_read(window_deliveries) - before;
+	seen = this_cpu_read(cpu_deliveries) - before;
 	local_irq_restore(flags);
 	last_window_cpu = cpu;
 	last_window_ms = ms;
