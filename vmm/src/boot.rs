@@ -19,6 +19,9 @@ pub enum Error {
     /// The kernel is not an arm64 `Image` or does not fit.
     #[error("Cannot load the kernel as an arm64 Image: {0}")]
     LoadKernel(#[source] linux_loader::loader::Error),
+    /// A raw payload does not fit below the device tree.
+    #[error("The raw payload ({0} bytes) does not fit in guest RAM; give the guest more memory")]
+    RawTooLarge(u64),
     /// The initrd could not be read.
     #[error("Cannot read the initrd: {0}")]
     ReadInitrd(#[source] std::io::Error),
@@ -47,6 +50,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Where things went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loaded {
+    /// Image or raw binary.
+    pub kind: KernelKind,
     /// The kernel's entry point (first byte of the loaded Image).
     pub entry: u64,
     /// End of the kernel image in guest memory.
@@ -55,20 +60,85 @@ pub struct Loaded {
     pub initrd: Option<(u64, u64)>,
 }
 
+/// What `--kernel` points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// An arm64 Linux `Image` (magic "ARM\x64" at offset 56).
+    Image,
+    /// Anything else: a raw binary entered at its first byte.
+    Raw,
+}
+
+/// The boot protocol's default load offset for raw binaries (as for an Image with
+/// `image_size` 0).
+pub const RAW_LOAD_OFFSET: u64 = 0x8_0000;
+
+/// Tells an arm64 Image from a raw binary by its header.
+pub fn kernel_kind(f: &mut File) -> std::io::Result<KernelKind> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut head = [0u8; 64];
+    f.seek(SeekFrom::Start(0))?;
+    let n = f.read(&mut head)?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(if n == 64 && head[56..60] == *b"ARM\x64" {
+        KernelKind::Image
+    } else {
+        KernelKind::Raw
+    })
+}
+
+fn load_raw(mem: &GuestMemoryMmap, f: &mut File, memory: u64) -> Result<(u64, u64)> {
+    let entry = layout::RAM_BASE + RAW_LOAD_OFFSET;
+    let data = {
+        use std::io::Read;
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).map_err(Error::OpenKernel)?;
+        v
+    };
+    let end = entry + data.len() as u64;
+    if end > layout::fdt_addr(memory) {
+        return Err(Error::RawTooLarge(data.len() as u64));
+    }
+    mem.write_slice(&data, GuestAddress(entry))
+        .map_err(|source| Error::GuestWrite {
+            what: "the raw payload",
+            source,
+        })?;
+    Ok((entry, end))
+}
+
 /// Loads the kernel and initrd of `cfg` into `mem`.
 pub fn load_images(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Loaded> {
     let mut kernel = File::open(&cfg.kernel).map_err(Error::OpenKernel)?;
+    let kind = kernel_kind(&mut kernel).map_err(Error::OpenKernel)?;
+    let (entry, kernel_end) = match kind {
+        KernelKind::Raw => load_raw(mem, &mut kernel, cfg.memory)?,
+        KernelKind::Image => load_image(mem, &mut kernel)?,
+    };
+    load_initrd(mem, cfg, kind, entry, kernel_end)
+}
+
+fn load_image(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<(u64, u64)> {
     let res = PE::load(
         mem,
         Some(GuestAddress(layout::RAM_BASE + layout::KERNEL_OFFSET)),
-        &mut kernel,
+        kernel,
         None,
     )
     .map_err(Error::LoadKernel)?;
     let entry = res.kernel_load.0;
     // The kernel's footprint is its header's image_size (which covers its BSS), not the file.
-    let image_size = image_size(&mut kernel).map_err(Error::OpenKernel)?;
-    let kernel_end = res.kernel_end.max(entry.saturating_add(image_size));
+    let image_size = image_size(kernel).map_err(Error::OpenKernel)?;
+    Ok((entry, res.kernel_end.max(entry.saturating_add(image_size))))
+}
+
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    kind: KernelKind,
+    entry: u64,
+    kernel_end: u64,
+) -> Result<Loaded> {
     let initrd = match &cfg.initrd {
         None => None,
         Some(p) => {
@@ -86,6 +156,7 @@ pub fn load_images(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Loaded> {
         }
     };
     Ok(Loaded {
+        kind,
         entry,
         kernel_end,
         initrd,
@@ -146,6 +217,8 @@ mod tests {
             memory,
             mte: false,
             sdei: false,
+            features: Default::default(),
+            its: false,
             seccomp: SeccompMode::Off,
             api_socket: None,
         }

@@ -29,7 +29,8 @@ pub enum SeccompMode {
 #[derive(Debug, Parser)]
 #[command(name = "refvmm", version, about, long_about = None)]
 pub struct Cli {
-    /// The kernel: an arm64 Linux `Image` (detected by its header).
+    /// The kernel: an arm64 Linux `Image` (detected by its header), or else a raw binary
+    /// loaded at RAM base + 0x80000 and entered at its first byte (x0 = device tree).
     #[arg(long, value_name = "PATH")]
     pub kernel: PathBuf,
 
@@ -56,6 +57,22 @@ pub struct Cli {
     /// Offer SDEI (Software Delegated Exception Interface) to the guest.
     #[arg(long)]
     pub sdei: bool,
+
+    /// Give the vCPUs a PMUv3 (overflow interrupt PPI 7, described in the device tree).
+    #[arg(long)]
+    pub pmu: bool,
+
+    /// Give the vCPUs SVE, with every vector length KVM offers.
+    #[arg(long)]
+    pub sve: bool,
+
+    /// Give the vCPUs pointer authentication (address and generic).
+    #[arg(long)]
+    pub pauth: bool,
+
+    /// Add a GICv3 ITS (MSI controller) to the interrupt controller.
+    #[arg(long)]
+    pub its: bool,
 
     /// Seccomp filters for refvmm's threads.
     #[arg(long, value_enum, default_value_t = SeccompMode::Enforce)]
@@ -114,6 +131,17 @@ pub enum Error {
 /// Result of configuration checks.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Optional vCPU features (MTE is [`VmConfig::mte`]: it is a VM-wide capability).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// PMUv3.
+    pub pmu: bool,
+    /// SVE.
+    pub sve: bool,
+    /// Pointer authentication, address and generic keys.
+    pub pauth: bool,
+}
+
 /// A validated VM configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -131,6 +159,10 @@ pub struct VmConfig {
     pub mte: bool,
     /// SDEI requested.
     pub sdei: bool,
+    /// vCPU features beyond the base architecture.
+    pub features: CpuFeatures,
+    /// Add a GICv3 ITS.
+    pub its: bool,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
     /// API socket path.
@@ -230,6 +262,12 @@ impl TryFrom<Cli> for VmConfig {
             memory,
             mte: cli.mte,
             sdei: cli.sdei,
+            features: CpuFeatures {
+                pmu: cli.pmu,
+                sve: cli.sve,
+                pauth: cli.pauth,
+            },
+            its: cli.its,
             seccomp: cli.seccomp,
             api_socket: cli.api_socket,
         })

@@ -28,6 +28,8 @@ pub struct FdtConfig {
     pub sdei: bool,
     /// Describe the PMUv3 (its overflow PPI).
     pub pmu: bool,
+    /// Describe a GICv3 ITS.
+    pub its: bool,
     /// virtio-mmio devices as (base, SPI).
     pub virtio: Vec<(u64, u32)>,
 }
@@ -121,6 +123,14 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>> {
     w.property_u32("#size-cells", 2)?;
     w.property_null("ranges")?;
     w.property_array_u32("interrupts", &[GIC_PPI, GIC_MAINT_PPI, IRQ_LEVEL_HIGH])?;
+    if cfg.its {
+        let its = w.begin_node(&format!("msi-controller@{:x}", layout::GIC_ITS_BASE))?;
+        w.property_string("compatible", "arm,gic-v3-its")?;
+        w.property_null("msi-controller")?;
+        w.property_u32("#msi-cells", 1)?;
+        w.property_array_u64("reg", &[layout::GIC_ITS_BASE, layout::GIC_ITS_SIZE])?;
+        w.end_node(its)?;
+    }
     w.end_node(gic)?;
 
     let timer = w.begin_node("timer")?;
@@ -198,6 +208,14 @@ mod tests {
             ..base()
         };
         assert!(contains(&build(&cfg).unwrap(), b"arm,sdei-1.0"));
+    }
+
+    #[test]
+    fn pmu_and_its_nodes_only_when_asked() {
+        let blob = build(&base()).unwrap();
+        assert!(!contains(&blob, b"arm,armv8-pmuv3") && !contains(&blob, b"arm,gic-v3-its"));
+        let blob = build(&FdtConfig { pmu: true, its: true, ..base() }).unwrap();
+        assert!(contains(&blob, b"arm,armv8-pmuv3") && contains(&blob, b"arm,gic-v3-its"));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum Error {
     /// KVM could not create a GICv3 (the host may lack GICv3 support).
     #[error("KVM cannot create an in-kernel GICv3: {0}")]
     Create(#[source] kvm_ioctls::Error),
+    /// KVM could not create an ITS.
+    #[error("KVM cannot create a GICv3 ITS: {0}")]
+    CreateIts(#[source] kvm_ioctls::Error),
     /// A GIC attribute was refused.
     #[error("KVM refused GICv3 attribute {what}: {source}")]
     Attr {
@@ -30,6 +33,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The VM's GICv3 device.
 pub struct Gic {
     fd: DeviceFd,
+    its: Option<DeviceFd>,
 }
 
 fn set(fd: &DeviceFd, what: &'static str, group: u32, attr: u64, addr: u64) -> Result<()> {
@@ -84,7 +88,34 @@ impl Gic {
             u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
             0,
         )?;
-        Ok(Gic { fd })
+        Ok(Gic { fd, its: None })
+    }
+
+    /// Adds an ITS at [`layout::GIC_ITS_BASE`] (after the GIC is initialised).
+    pub fn add_its(&mut self, vm: &VmFd) -> Result<()> {
+        let mut dev = kvm_create_device {
+            type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
+            fd: 0,
+            flags: 0,
+        };
+        let fd = vm.create_device(&mut dev).map_err(Error::CreateIts)?;
+        let base = layout::GIC_ITS_BASE;
+        set(
+            &fd,
+            "ITS address",
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            u64::from(kvm_bindings::KVM_VGIC_ITS_ADDR_TYPE),
+            &base as *const u64 as u64,
+        )?;
+        set(
+            &fd,
+            "ITS initialisation",
+            KVM_DEV_ARM_VGIC_GRP_CTRL,
+            u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
+            0,
+        )?;
+        self.its = Some(fd);
+        Ok(())
     }
 
     /// The device fd (for saving and restoring GIC state).

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! 0x0800_0000  GICv3 distributor            64 KiB
+//! 0x0808_0000  GICv3 ITS (optional)         128 KiB
 //! 0x080A_0000  GICv3 redistributors         128 KiB per vCPU (up to MAX_VCPUS)
 //! 0x0900_0000  16550 UART                   4 KiB, SPI UART_SPI, edge rising
 //! 0x0A00_0000  virtio-mmio slots            512 B each, SPIs from VIRTIO_SPI_BASE
@@ -13,6 +14,10 @@
 pub const GIC_DIST_BASE: u64 = 0x0800_0000;
 /// Size of the distributor frame.
 pub const GIC_DIST_SIZE: u64 = 0x1_0000;
+/// Base of the optional ITS (two 64 KiB frames), between distributor and redistributors.
+pub const GIC_ITS_BASE: u64 = 0x0808_0000;
+/// Size of the ITS frames.
+pub const GIC_ITS_SIZE: u64 = 0x2_0000;
 /// Base of the redistributor region.
 pub const GIC_REDIST_BASE: u64 = 0x080A_0000;
 /// Size of one vCPU's redistributor (RD_base + SGI_base frames).
@@ -79,7 +84,8 @@ mod tests {
     #[test]
     fn redistributors_of_max_vcpus_end_below_the_uart() {
         assert!(GIC_REDIST_BASE + redist_size(MAX_VCPUS) <= UART_BASE);
-        assert!(GIC_DIST_BASE + GIC_DIST_SIZE <= GIC_REDIST_BASE);
+        assert!(GIC_DIST_BASE + GIC_DIST_SIZE <= GIC_ITS_BASE);
+        assert!(GIC_ITS_BASE + GIC_ITS_SIZE <= GIC_REDIST_BASE);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 use crate::devices::MmioBus;
 use crate::regs;
+use crate::config::CpuFeatures;
 use kvm_bindings::{
-    kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_SYSTEM_EVENT_CRASH,
+    kvm_vcpu_init, KVM_ARM_VCPU_PMU_V3, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
+    KVM_ARM_VCPU_PTRAUTH_ADDRESS, KVM_ARM_VCPU_PTRAUTH_GENERIC, KVM_ARM_VCPU_SVE,
+    KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -134,13 +137,28 @@ impl Vcpu {
     /// Creates and initialises vCPU `index` with features from `base` (KVM's preferred target
     /// plus any feature bits the VM asks for); vCPU 0 starts running, the others are powered
     /// off until PSCI CPU_ON.
-    pub fn new(fd: VcpuFd, index: u8, base: &kvm_vcpu_init) -> Result<Self> {
+    pub fn new(fd: VcpuFd, index: u8, base: &kvm_vcpu_init, features: CpuFeatures) -> Result<Self> {
         let mut init = *base;
         init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
         if index > 0 {
             init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
         }
+        if features.pmu {
+            init.features[0] |= 1 << KVM_ARM_VCPU_PMU_V3;
+        }
+        if features.sve {
+            init.features[0] |= 1 << KVM_ARM_VCPU_SVE;
+        }
+        if features.pauth {
+            init.features[0] |=
+                (1 << KVM_ARM_VCPU_PTRAUTH_ADDRESS) | (1 << KVM_ARM_VCPU_PTRAUTH_GENERIC);
+        }
         fd.vcpu_init(&init).map_err(|e| Error::Init(index, e))?;
+        if features.sve {
+            // Keep every vector length KVM offers (the default set) and finalize.
+            let what = KVM_ARM_VCPU_SVE as i32;
+            fd.vcpu_finalize(&what).map_err(|e| Error::Init(index, e))?;
+        }
         let mut v = Vcpu {
             fd,
             index,
@@ -181,6 +199,29 @@ impl Vcpu {
                 reg,
                 source,
             })
+    }
+
+    /// Wires the PMU's overflow interrupt to `ppi` and initialises it (after the GIC exists).
+    pub fn init_pmu(&self, ppi: u32) -> Result<()> {
+        let intid: i32 = 16 + ppi as i32;
+        let irq = kvm_bindings::kvm_device_attr {
+            group: kvm_bindings::KVM_ARM_VCPU_PMU_V3_CTRL,
+            attr: u64::from(kvm_bindings::KVM_ARM_VCPU_PMU_V3_IRQ),
+            addr: &intid as *const i32 as u64,
+            flags: 0,
+        };
+        self.fd
+            .set_device_attr(&irq)
+            .map_err(|e| Error::Init(self.index, e))?;
+        let init = kvm_bindings::kvm_device_attr {
+            group: kvm_bindings::KVM_ARM_VCPU_PMU_V3_CTRL,
+            attr: u64::from(kvm_bindings::KVM_ARM_VCPU_PMU_V3_INIT),
+            addr: 0,
+            flags: 0,
+        };
+        self.fd
+            .set_device_attr(&init)
+            .map_err(|e| Error::Init(self.index, e))
     }
 
     /// MPIDR_EL1 as KVM assigned it.

@@ -32,6 +32,14 @@ pub enum Error {
     /// A vCPU.
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    /// A requested feature is not available.
+    #[error("{feature} was requested, but this host's KVM does not offer it ({cap})")]
+    Unsupported {
+        /// The feature.
+        feature: &'static str,
+        /// The KVM capability that is missing.
+        cap: &'static str,
+    },
     /// Creating a vCPU.
     #[error("Cannot create vCPU {0}: {1}")]
     CreateVcpu(u8, String),
@@ -68,7 +76,7 @@ impl Error {
     /// than a failure of refvmm or KVM at run time.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Boot(_) | Error::Kvm(_) | Error::Api(_) => true,
+            Error::Boot(_) | Error::Kvm(_) | Error::Api(_) | Error::Unsupported { .. } => true,
             Error::Memory(memory::Error::Mte(_)) | Error::Memory(memory::Error::Create(_)) => true,
             _ => false,
         }
@@ -78,9 +86,31 @@ impl Error {
 /// Result of running a VM.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Refuses, before anything is built, features this KVM lacks.
+fn check_features(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
+    use kvm_bindings::{
+        KVM_CAP_ARM_MTE, KVM_CAP_ARM_PMU_V3, KVM_CAP_ARM_PTRAUTH_ADDRESS,
+        KVM_CAP_ARM_PTRAUTH_GENERIC, KVM_CAP_ARM_SVE,
+    };
+    let wanted = [
+        (cfg.mte, "MTE (--mte)", KVM_CAP_ARM_MTE, "KVM_CAP_ARM_MTE"),
+        (cfg.features.pmu, "A PMU (--pmu)", KVM_CAP_ARM_PMU_V3, "KVM_CAP_ARM_PMU_V3"),
+        (cfg.features.sve, "SVE (--sve)", KVM_CAP_ARM_SVE, "KVM_CAP_ARM_SVE"),
+        (cfg.features.pauth, "Pointer authentication (--pauth)", KVM_CAP_ARM_PTRAUTH_ADDRESS, "KVM_CAP_ARM_PTRAUTH_ADDRESS"),
+        (cfg.features.pauth, "Pointer authentication (--pauth)", KVM_CAP_ARM_PTRAUTH_GENERIC, "KVM_CAP_ARM_PTRAUTH_GENERIC"),
+    ];
+    for (asked, feature, cap, name) in wanted {
+        if asked && kvm.check_extension_raw(u64::from(cap)) <= 0 {
+            return Err(Error::Unsupported { feature, cap: name });
+        }
+    }
+    Ok(())
+}
+
 /// Builds the VM and runs it; returns how the guest stopped it.
 pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let kvm = Kvm::new().map_err(Error::Kvm)?;
+    check_features(&kvm, cfg)?;
     let (handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
     log::info!("guest memory ready ({} MiB, MTE {})", cfg.memory >> 20, cfg.mte);
     let loaded = boot::load_images(mem.memory(), cfg)?;
@@ -92,7 +122,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         let fd = handle
             .create_vcpu(u64::from(i))
             .map_err(|e| Error::CreateVcpu(i, e))?;
-        vcpus.push(Vcpu::new(fd, i, &base_init)?);
+        vcpus.push(Vcpu::new(fd, i, &base_init, cfg.features)?);
     }
     let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
     let kicker = Arc::new(Kicker::new(vcpus.len()));
@@ -107,7 +137,15 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     } else {
         None
     };
-    let _gic = Gic::new(handle.vm())?;
+    let mut gic = Gic::new(handle.vm())?;
+    if cfg.its {
+        gic.add_its(handle.vm())?;
+    }
+    if cfg.features.pmu {
+        for v in &vcpus {
+            v.init_pmu(layout::PMU_PPI)?;
+        }
+    }
     log::info!("{} vCPUs and the GIC ready", cfg.cpus);
 
     let mut bus = MmioBus::default();
@@ -135,7 +173,8 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         cmdline: cfg.cmdline.clone(),
         initrd: loaded.initrd,
         sdei: cfg.sdei,
-        pmu: false,
+        pmu: cfg.features.pmu,
+        its: cfg.its,
         virtio: Vec::new(),
     })?;
     let fdt_addr = boot::write_fdt(mem.memory(), cfg.memory, &blob)?;

@@ -89,10 +89,19 @@ fn bad_seccomp_mode_is_a_usage_error() {
 
 #[cfg(target_arch = "aarch64")]
 #[test]
-fn a_file_that_is_not_an_arm64_image_is_refused_clearly() {
-    let k = kernel_stub();
-    let o = refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "64M", "--seccomp", "off"]);
-    assert_clean_failure(&o, 3, "Cannot load the kernel as an arm64 Image");
+fn an_initrd_too_large_for_the_memory_is_refused_clearly() {
+    let mut img = vec![0u8; 4096];
+    img[56..60].copy_from_slice(b"ARM\x64");
+    let k = std::env::temp_dir().join(format!("refvmm-cli-image-{}", std::process::id()));
+    std::fs::write(&k, &img).unwrap();
+    let i = std::env::temp_dir().join(format!("refvmm-cli-initrd-{}", std::process::id()));
+    std::fs::write(&i, vec![0u8; 63 << 20]).unwrap();
+    let o = refvmm(&[
+        "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(),
+        "--memory", "64M", "--seccomp", "off",
+    ]);
+    let _ = std::fs::remove_file(&i);
+    assert_clean_failure(&o, 3, "does not fit in guest RAM");
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             }),
         ["test"] => cmd_test(),
         ["boot"] => cmd_boot(),
+        ["scenario", name] => cmd_scenario(name),
         ["arm64", "test", rest @ ..] => {
             let mut packages = Vec::new();
             let mut filter = None;
@@ -181,7 +182,9 @@ fn cmd_test() -> Result<Outcome, Fail> {
         "emulated arm64 tests: {} passed, {} failed",
         arm.passed, arm.failed
     );
-    let guests = guest::report(&guest::boot(&tb)?);
+    let mut scenarios = guest::boot(&tb)?;
+    scenarios.extend(guest::sdei(&tb)?);
+    let guests = guest::report(&scenarios);
     println!(
         "emulated guest scenarios: {} passed, {} failed",
         guests.passed, guests.failed
@@ -411,6 +414,19 @@ fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
             res.exit
         )))
     }
+}
+
+/// One guest scenario on its own (`boot` or `sdei`).
+fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
+    let tb = setup::run()?;
+    let checks = match name {
+        "boot" => guest::boot(&tb)?,
+        "sdei" => guest::sdei(&tb)?,
+        other => return Err(Fail::new(format!("unknown scenario {other:?} (boot, sdei)"))),
+    };
+    let c = guest::report(&checks);
+    println!("{} passed, {} failed", c.passed, c.failed);
+    Ok(verdict(name, c))
 }
 
 /// The main job: boot Debian's arm64 kernel on refvmm (2 vCPUs, MTE) in the emulated machine.
