@@ -31,7 +31,9 @@ mod check {
     unsafe fn ldg(p: *mut u8) -> *mut u8 {
         let mut r = p;
         // SAFETY: as for `stg`.
-        unsafe { asm!(".arch_extension memtag", "ldg {0}, [{1}]", inout(reg) r, in(reg) p, options(nostack, readonly)) };
+        unsafe {
+            asm!(".arch_extension memtag", "ldg {0}, [{1}]", inout(reg) r, in(reg) p, options(nostack, readonly))
+        };
         r
     }
 
@@ -51,7 +53,10 @@ mod check {
         let ctrl = PR_TAGGED_ADDR_ENABLE | PR_MTE_TCF_SYNC | (0xfffe << PR_MTE_TAG_SHIFT);
         // SAFETY: plain prctl with integer arguments.
         if unsafe { libc::prctl(PR_SET_TAGGED_ADDR_CTRL, ctrl, 0, 0, 0) } != 0 {
-            fail(&format!("prctl(PR_SET_TAGGED_ADDR_CTRL): {}", std::io::Error::last_os_error()));
+            fail(&format!(
+                "prctl(PR_SET_TAGGED_ADDR_CTRL): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let len = 4096;
         // SAFETY: a fresh anonymous mapping.
@@ -66,7 +71,10 @@ mod check {
             )
         };
         if base == libc::MAP_FAILED {
-            fail(&format!("mmap(PROT_MTE): {}", std::io::Error::last_os_error()));
+            fail(&format!(
+                "mmap(PROT_MTE): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let base = base as *mut u8;
         let tagged = with_tag(base, 0x7);
@@ -114,7 +122,9 @@ mod check {
             Some(42) => println!("MTE-CHECK mismatched tag: tag-check fault (SEGV_MTESERR)"),
             Some(0) => fail("a mismatched-tag store did not fault"),
             Some(43) => fail("a mismatched-tag store faulted, but not with SEGV_MTESERR"),
-            other => fail(&format!("child ended unexpectedly: {other:?} (status {status:#x})")),
+            other => fail(&format!(
+                "child ended unexpectedly: {other:?} (status {status:#x})"
+            )),
         }
         println!("MTE-CHECK PASS");
     }

@@ -89,7 +89,9 @@ pub fn read_request(stream: &mut UnixStream) -> Result<Request> {
         .read_line(&mut line)
         .map_err(|e| Error::BadRequest(format!("cannot read the request: {e}")))?;
     if !line.ends_with('\n') && line.len() >= MAX_REQUEST {
-        return Err(Error::BadRequest(format!("longer than {MAX_REQUEST} bytes")));
+        return Err(Error::BadRequest(format!(
+            "longer than {MAX_REQUEST} bytes"
+        )));
     }
     parse_request(&line)
 }
@@ -115,52 +117,6 @@ pub fn client(socket: &Path, request: &[String]) -> Result<String> {
         ("ok", rest) => Ok(rest.to_string()),
         ("error", rest) => Err(Error::Refused(rest.to_string())),
         _ => Err(sock_err(format!("unexpected answer {answer:?}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_parse_with_hex_or_decimal_numbers() {
-        assert_eq!(parse_request("status\n"), Ok(Request::Status));
-        assert_eq!(
-            parse_request("sdei-signal 0x1000000 1"),
-            Ok(Request::SdeiSignal { event: 0x100_0000, vcpu: Some(1) })
-        );
-        assert_eq!(
-            parse_request("sdei-signal 16777218"),
-            Ok(Request::SdeiSignal { event: 0x100_0002, vcpu: None })
-        );
-    }
-
-    #[test]
-    fn bad_requests_say_why() {
-        assert!(matches!(parse_request(""), Err(Error::BadRequest(m)) if m == "empty request"));
-        assert!(matches!(parse_request("reboot"), Err(Error::BadRequest(m)) if m.contains("unknown request")));
-        assert!(matches!(parse_request("sdei-signal x"), Err(Error::BadRequest(m)) if m.contains("not a number")));
-        assert!(matches!(parse_request("sdei-signal 0x100000000"), Err(Error::BadRequest(m)) if m.contains("out of range")));
-        assert!(parse_request("sdei-signal 1 2 3").is_err());
-    }
-
-    #[test]
-    fn a_request_over_the_socket_is_read_and_bounded() {
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        b.write_all(b"sdei-signal 0x1000001 0\n").unwrap();
-        assert_eq!(
-            read_request(&mut a),
-            Ok(Request::SdeiSignal { event: 0x100_0001, vcpu: Some(0) })
-        );
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        b.write_all(&vec![b'x'; MAX_REQUEST + 10]).unwrap();
-        assert!(matches!(read_request(&mut a), Err(Error::BadRequest(m)) if m.contains("longer than")));
-    }
-
-    #[test]
-    fn client_reports_a_missing_socket() {
-        let e = client(Path::new("/nonexistent/refvmm.sock"), &["status".into()]).unwrap_err();
-        assert!(matches!(e, Error::Socket { .. }), "{e}");
     }
 }
 
@@ -197,9 +153,73 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
         if UnixStream::connect(path).is_ok() {
             return Err(err("another process is listening on it".into()));
         }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
     }
     let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
     l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_hex_or_decimal_numbers() {
+        assert_eq!(parse_request("status\n"), Ok(Request::Status));
+        assert_eq!(
+            parse_request("sdei-signal 0x1000000 1"),
+            Ok(Request::SdeiSignal {
+                event: 0x100_0000,
+                vcpu: Some(1)
+            })
+        );
+        assert_eq!(
+            parse_request("sdei-signal 16777218"),
+            Ok(Request::SdeiSignal {
+                event: 0x100_0002,
+                vcpu: None
+            })
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        assert!(matches!(parse_request(""), Err(Error::BadRequest(m)) if m == "empty request"));
+        assert!(
+            matches!(parse_request("reboot"), Err(Error::BadRequest(m)) if m.contains("unknown request"))
+        );
+        assert!(
+            matches!(parse_request("sdei-signal x"), Err(Error::BadRequest(m)) if m.contains("not a number"))
+        );
+        assert!(
+            matches!(parse_request("sdei-signal 0x100000000"), Err(Error::BadRequest(m)) if m.contains("out of range"))
+        );
+        assert!(parse_request("sdei-signal 1 2 3").is_err());
+    }
+
+    #[test]
+    fn a_request_over_the_socket_is_read_and_bounded() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"sdei-signal 0x1000001 0\n").unwrap();
+        assert_eq!(
+            read_request(&mut a),
+            Ok(Request::SdeiSignal {
+                event: 0x100_0001,
+                vcpu: Some(0)
+            })
+        );
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(&vec![b'x'; MAX_REQUEST + 10]).unwrap();
+        assert!(
+            matches!(read_request(&mut a), Err(Error::BadRequest(m)) if m.contains("longer than"))
+        );
+    }
+
+    #[test]
+    fn client_reports_a_missing_socket() {
+        let e = client(Path::new("/nonexistent/refvmm.sock"), &["status".into()]).unwrap_err();
+        assert!(matches!(e, Error::Socket { .. }), "{e}");
+    }
 }

@@ -214,7 +214,12 @@ mod tests {
     fn pmu_and_its_nodes_only_when_asked() {
         let blob = build(&base()).unwrap();
         assert!(!contains(&blob, b"arm,armv8-pmuv3") && !contains(&blob, b"arm,gic-v3-its"));
-        let blob = build(&FdtConfig { pmu: true, its: true, ..base() }).unwrap();
+        let blob = build(&FdtConfig {
+            pmu: true,
+            its: true,
+            ..base()
+        })
+        .unwrap();
         assert!(contains(&blob, b"arm,armv8-pmuv3") && contains(&blob, b"arm,gic-v3-its"));
     }
 

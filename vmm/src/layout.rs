@@ -77,16 +77,18 @@ pub fn redist_size(cpus: u8) -> u64 {
     GIC_REDIST_SIZE_PER_CPU * u64::from(cpus)
 }
 
+// The map's regions do not overlap (checked at compile time).
+const _: () = {
+    assert!(GIC_DIST_BASE + GIC_DIST_SIZE <= GIC_ITS_BASE);
+    assert!(GIC_ITS_BASE + GIC_ITS_SIZE <= GIC_REDIST_BASE);
+    assert!(GIC_REDIST_BASE + GIC_REDIST_SIZE_PER_CPU * MAX_VCPUS as u64 <= UART_BASE);
+    assert!(UART_BASE + UART_SIZE <= VIRTIO_BASE);
+    assert!(VIRTIO_BASE < RAM_BASE);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redistributors_of_max_vcpus_end_below_the_uart() {
-        assert!(GIC_REDIST_BASE + redist_size(MAX_VCPUS) <= UART_BASE);
-        assert!(GIC_DIST_BASE + GIC_DIST_SIZE <= GIC_ITS_BASE);
-        assert!(GIC_ITS_BASE + GIC_ITS_SIZE <= GIC_REDIST_BASE);
-    }
 
     #[test]
     fn fdt_sits_in_the_last_two_mib_of_ram() {

@@ -35,7 +35,11 @@ pub const EVENT_SHARED_CRITICAL: u32 = 0x0100_0003;
 /// All of refvmm's events with their type and priority.
 pub const VMM_EVENTS: [(u32, EventKind, Priority); 4] = [
     (EVENT_PRIVATE_NORMAL, EventKind::Private, Priority::Normal),
-    (EVENT_PRIVATE_CRITICAL, EventKind::Private, Priority::Critical),
+    (
+        EVENT_PRIVATE_CRITICAL,
+        EventKind::Private,
+        Priority::Critical,
+    ),
     (EVENT_SHARED_NORMAL, EventKind::Shared, Priority::Normal),
     (EVENT_SHARED_CRITICAL, EventKind::Shared, Priority::Critical),
 ];

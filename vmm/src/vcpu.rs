@@ -1,14 +1,13 @@
 //! vCPUs: creation and initialisation (PSCI 0.2, secondaries powered off), boot registers,
 //! and the run loop that turns KVM exits into device accesses, hypercalls and VM exits.
 
+use crate::config::CpuFeatures;
 use crate::devices::MmioBus;
 use crate::regs;
-use crate::config::CpuFeatures;
 use kvm_bindings::{
     kvm_vcpu_init, KVM_ARM_VCPU_PMU_V3, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
     KVM_ARM_VCPU_PTRAUTH_ADDRESS, KVM_ARM_VCPU_PTRAUTH_GENERIC, KVM_ARM_VCPU_SVE,
-    KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::cell::Cell;
@@ -108,14 +107,25 @@ impl Kicker {
 
     /// Records the thread of vCPU `index`.
     pub fn register(&self, index: usize, thread: libc::pthread_t) {
-        if let Some(slot) = self.threads.lock().unwrap_or_else(|p| p.into_inner()).get_mut(index) {
+        if let Some(slot) = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(index)
+        {
             *slot = Some(thread);
         }
     }
 
     /// Sends the kick signal to vCPU `index`'s thread.
     pub fn kick(&self, index: usize) {
-        let t = self.threads.lock().unwrap_or_else(|p| p.into_inner()).get(index).copied().flatten();
+        let t = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index)
+            .copied()
+            .flatten();
         if let Some(t) = t {
             // SAFETY: `t` is a live vCPU thread (vCPU threads run until the process exits).
             let rc = unsafe { libc::pthread_kill(t, kick_signal()) };

@@ -2,7 +2,6 @@
 
 use crate::api::{self, ApiHandler, Request};
 use crate::boot;
-use crate::sdei::{self, Sdei};
 use crate::config::VmConfig;
 use crate::devices::serial::Console;
 use crate::devices::MmioBus;
@@ -11,9 +10,10 @@ use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
 use crate::layout;
 use crate::memory;
+use crate::sdei::{self, Sdei};
 use crate::vcpu::{self, install_kick_handler, HypercallHandler, Kicker, Vcpu, VcpuStop};
-use std::os::unix::thread::JoinHandleExt;
 use kvm_ioctls::Kvm;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -94,10 +94,30 @@ fn check_features(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     };
     let wanted = [
         (cfg.mte, "MTE (--mte)", KVM_CAP_ARM_MTE, "KVM_CAP_ARM_MTE"),
-        (cfg.features.pmu, "A PMU (--pmu)", KVM_CAP_ARM_PMU_V3, "KVM_CAP_ARM_PMU_V3"),
-        (cfg.features.sve, "SVE (--sve)", KVM_CAP_ARM_SVE, "KVM_CAP_ARM_SVE"),
-        (cfg.features.pauth, "Pointer authentication (--pauth)", KVM_CAP_ARM_PTRAUTH_ADDRESS, "KVM_CAP_ARM_PTRAUTH_ADDRESS"),
-        (cfg.features.pauth, "Pointer authentication (--pauth)", KVM_CAP_ARM_PTRAUTH_GENERIC, "KVM_CAP_ARM_PTRAUTH_GENERIC"),
+        (
+            cfg.features.pmu,
+            "A PMU (--pmu)",
+            KVM_CAP_ARM_PMU_V3,
+            "KVM_CAP_ARM_PMU_V3",
+        ),
+        (
+            cfg.features.sve,
+            "SVE (--sve)",
+            KVM_CAP_ARM_SVE,
+            "KVM_CAP_ARM_SVE",
+        ),
+        (
+            cfg.features.pauth,
+            "Pointer authentication (--pauth)",
+            KVM_CAP_ARM_PTRAUTH_ADDRESS,
+            "KVM_CAP_ARM_PTRAUTH_ADDRESS",
+        ),
+        (
+            cfg.features.pauth,
+            "Pointer authentication (--pauth)",
+            KVM_CAP_ARM_PTRAUTH_GENERIC,
+            "KVM_CAP_ARM_PTRAUTH_GENERIC",
+        ),
     ];
     for (asked, feature, cap, name) in wanted {
         if asked && kvm.check_extension_raw(u64::from(cap)) <= 0 {
@@ -112,7 +132,11 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let kvm = Kvm::new().map_err(Error::Kvm)?;
     check_features(&kvm, cfg)?;
     let (handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
-    log::info!("guest memory ready ({} MiB, MTE {})", cfg.memory >> 20, cfg.mte);
+    log::info!(
+        "guest memory ready ({} MiB, MTE {})",
+        cfg.memory >> 20,
+        cfg.mte
+    );
     let loaded = boot::load_images(mem.memory(), cfg)?;
     log::info!("kernel at {:#x}, initrd {:x?}", loaded.entry, loaded.initrd);
 
@@ -188,9 +212,8 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     })?;
     let bus = Arc::new(bus);
     log::info!("starting the vCPUs");
-    let hooks: Option<Arc<dyn HypercallHandler>> = sdei
-        .clone()
-        .map(|s| s as Arc<dyn HypercallHandler>);
+    let hooks: Option<Arc<dyn HypercallHandler>> =
+        sdei.clone().map(|s| s as Arc<dyn HypercallHandler>);
     let api = match &cfg.api_socket {
         Some(path) => {
             let listener = api::bind(path).map_err(Error::Api)?;

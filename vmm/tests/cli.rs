@@ -33,7 +33,17 @@ fn help_is_available_and_names_every_option() {
     let o = refvmm(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
     let out = String::from_utf8_lossy(&o.stdout);
-    for opt in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--mte", "--sdei", "--seccomp", "--api-socket"] {
+    for opt in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--mte",
+        "--sdei",
+        "--seccomp",
+        "--api-socket",
+    ] {
         assert!(out.contains(opt), "--help lacks {opt}");
     }
 }
@@ -45,30 +55,50 @@ fn missing_kernel_option_is_a_usage_error() {
 
 #[test]
 fn unknown_option_is_a_usage_error() {
-    assert_clean_failure(&refvmm(&["--kernel", "x", "--frobnicate"]), 2, "--frobnicate");
+    assert_clean_failure(
+        &refvmm(&["--kernel", "x", "--frobnicate"]),
+        2,
+        "--frobnicate",
+    );
 }
 
 #[test]
 fn nonexistent_kernel_is_a_configuration_error() {
-    assert_clean_failure(&refvmm(&["--kernel", "/nonexistent/Image"]), 3, "Kernel /nonexistent/Image: no such file");
+    assert_clean_failure(
+        &refvmm(&["--kernel", "/nonexistent/Image"]),
+        3,
+        "Kernel /nonexistent/Image: no such file",
+    );
 }
 
 #[test]
 fn too_little_memory_is_a_configuration_error() {
     let k = kernel_stub();
-    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "8M"]), 3, "too little memory");
+    assert_clean_failure(
+        &refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "8M"]),
+        3,
+        "too little memory",
+    );
 }
 
 #[test]
 fn malformed_memory_size_is_a_configuration_error() {
     let k = kernel_stub();
-    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "12Q"]), 3, "unknown suffix");
+    assert_clean_failure(
+        &refvmm(&["--kernel", k.to_str().unwrap(), "--memory", "12Q"]),
+        3,
+        "unknown suffix",
+    );
 }
 
 #[test]
 fn zero_cpus_is_a_configuration_error() {
     let k = kernel_stub();
-    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--cpus", "0"]), 3, "Number of vCPUs");
+    assert_clean_failure(
+        &refvmm(&["--kernel", k.to_str().unwrap(), "--cpus", "0"]),
+        3,
+        "Number of vCPUs",
+    );
 }
 
 #[test]
@@ -79,12 +109,20 @@ fn non_numeric_cpus_is_a_usage_error() {
 #[test]
 fn missing_initrd_is_a_configuration_error() {
     let k = kernel_stub();
-    assert_clean_failure(&refvmm(&["--kernel", k.to_str().unwrap(), "--initrd", "/nope.cpio"]), 3, "Initrd /nope.cpio");
+    assert_clean_failure(
+        &refvmm(&["--kernel", k.to_str().unwrap(), "--initrd", "/nope.cpio"]),
+        3,
+        "Initrd /nope.cpio",
+    );
 }
 
 #[test]
 fn bad_seccomp_mode_is_a_usage_error() {
-    assert_clean_failure(&refvmm(&["--kernel", "x", "--seccomp", "strict"]), 2, "--seccomp");
+    assert_clean_failure(
+        &refvmm(&["--kernel", "x", "--seccomp", "strict"]),
+        2,
+        "--seccomp",
+    );
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -97,8 +135,14 @@ fn an_initrd_too_large_for_the_memory_is_refused_clearly() {
     let i = std::env::temp_dir().join(format!("refvmm-cli-initrd-{}", std::process::id()));
     std::fs::write(&i, vec![0u8; 63 << 20]).unwrap();
     let o = refvmm(&[
-        "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(),
-        "--memory", "64M", "--seccomp", "off",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--seccomp",
+        "off",
     ]);
     let _ = std::fs::remove_file(&i);
     assert_clean_failure(&o, 3, "does not fit in guest RAM");

@@ -52,7 +52,10 @@ fn run_json(mut c: Command, test_only: bool) -> Result<Vec<(String, PathBuf)>, F
     let mut child = c
         .spawn()
         .map_err(|e| Fail::new(format!("cannot run cargo for {TARGET}: {e}")))?;
-    let out = child.stdout.take().ok_or_else(|| Fail::new("no cargo stdout"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Fail::new("no cargo stdout"))?;
     let mut found = Vec::new();
     for line in BufReader::new(out).lines().map_while(Result::ok) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -104,7 +107,16 @@ pub fn test_executables(packages: &[String]) -> Result<Vec<(String, PathBuf)>, F
 /// Builds an example of the `refvmm` package (release, static aarch64): a guest-side program.
 pub fn vmm_example(name: &str) -> Result<PathBuf, Fail> {
     let mut c = cargo();
-    c.args(["build", "--release", "-p", "refvmm", "--example", name, "--target", TARGET]);
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "refvmm",
+        "--example",
+        name,
+        "--target",
+        TARGET,
+    ]);
     eprintln!("xtask: building guest program {name} for aarch64");
     run_json(c, false)?
         .into_iter()
@@ -116,7 +128,15 @@ pub fn vmm_example(name: &str) -> Result<PathBuf, Fail> {
 /// Builds the aarch64 `refvmm` binary (release) and returns its path.
 pub fn refvmm() -> Result<PathBuf, Fail> {
     let mut c = cargo();
-    c.args(["build", "--release", "-p", "refvmm", "--bins", "--target", TARGET]);
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "refvmm",
+        "--bins",
+        "--target",
+        TARGET,
+    ]);
     eprintln!("xtask: building refvmm for aarch64");
     run_json(c, false)?
         .into_iter()

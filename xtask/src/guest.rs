@@ -296,12 +296,18 @@ fn deliveries(out: &str) -> Vec<Delivery> {
     let mut seen = std::collections::BTreeSet::new();
     let mut v = Vec::new();
     for l in out.lines() {
-        let Some(rest) = l.strip_prefix("@@REC") else { continue };
-        let Some((phase, rec)) = rest.split_once(' ') else { continue };
+        let Some(rest) = l.strip_prefix("@@REC") else {
+            continue;
+        };
+        let Some((phase, rec)) = rest.split_once(' ') else {
+            continue;
+        };
         if !rec.starts_with("sdei_test: event=") || rec.contains("injected=1") {
             continue;
         }
-        let (Some(seq), Some(event), Some(cpu)) = (field(rec, "seq"), field(rec, "event"), field(rec, "cpu")) else {
+        let (Some(seq), Some(event), Some(cpu)) =
+            (field(rec, "seq"), field(rec, "event"), field(rec, "cpu"))
+        else {
             continue;
         };
         if !seen.insert(seq) {
@@ -324,7 +330,8 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     let refvmm = build::refvmm()?;
     let module = crate::kmod::build_sdei_module(tb)?;
     let work = std::env::temp_dir().join(format!("xtask-sdei-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     let cpio = work.join("guest.cpio");
     initramfs(tb, SDEI_GUEST_INIT, &[("sdei_test.ko", &module)], &cpio)?;
     let job = Job {
@@ -354,7 +361,10 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
         (!(probe.contains("SDEIv1.1") && probe.contains("detected in firmware")))
             .then(|| format!("guest log: {probe:?}")),
     ));
-    let regs: Vec<&str> = out.lines().filter(|l| l.starts_with("@@GUEST-REG")).collect();
+    let regs: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("@@GUEST-REG"))
+        .collect();
     checks.push(check(
         "sdei: the test module registers and enables all four events",
         (regs.len() != 8 || regs.iter().any(|l| !l.ends_with("err=0")))
@@ -374,14 +384,21 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     let p2: Vec<_> = in_phase(2).collect();
     checks.push(check(
         "sdei: an event for a CPU with interrupts masked is still delivered (NMI-like)",
-        (!p2.iter().any(|x| x.event == PRIV_N && x.cpu == 1 && x.irqoff))
-            .then(|| format!("phase 2 deliveries: {p2:?}; {:?}", marker(&out, "@@IRQOFF"))),
+        (!p2.iter()
+            .any(|x| x.event == PRIV_N && x.cpu == 1 && x.irqoff))
+        .then(|| format!("phase 2 deliveries: {p2:?}; {:?}", marker(&out, "@@IRQOFF"))),
     ));
     let p3: Vec<_> = in_phase(3).collect();
     checks.push(check(
         "sdei: a critical event pre-empts a running normal handler",
-        (!p3.iter().any(|x| x.event == PRIV_C && x.cpu == 1 && x.nested))
-            .then(|| format!("phase 3 deliveries: {p3:?}; ctl {:?}", marker(&out, "@@CTL3"))),
+        (!p3.iter()
+            .any(|x| x.event == PRIV_C && x.cpu == 1 && x.nested))
+        .then(|| {
+            format!(
+                "phase 3 deliveries: {p3:?}; ctl {:?}",
+                marker(&out, "@@CTL3")
+            )
+        }),
     ));
     // The module's own per-event totals, taken after phases 3 and 4.
     let total = |phase: u32| -> u64 {
@@ -405,7 +422,8 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     ));
     checks.push(check(
         "sdei: the guest powers off (refvmm exit 0)",
-        (marker(&out, "@@REFVMM-EXIT") != Some("0")).then(|| format!("{:?}", marker(&out, "@@REFVMM-EXIT"))),
+        (marker(&out, "@@REFVMM-EXIT") != Some("0"))
+            .then(|| format!("{:?}", marker(&out, "@@REFVMM-EXIT"))),
     ));
     Ok(checks)
 }

@@ -58,7 +58,8 @@ poweroff -f
 "#;
 
 fn add_tree(c: &mut Cpio, dest: &str, src: &Path) -> Result<(), Fail> {
-    let meta = fs::metadata(src).map_err(|e| Fail::new(format!("cannot read {}: {e}", src.display())))?;
+    let meta =
+        fs::metadata(src).map_err(|e| Fail::new(format!("cannot read {}: {e}", src.display())))?;
     if meta.is_dir() {
         c.dir(dest);
         let mut entries: Vec<_> = fs::read_dir(src)
@@ -69,7 +70,10 @@ fn add_tree(c: &mut Cpio, dest: &str, src: &Path) -> Result<(), Fail> {
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
             let p = e.path();
-            if fs::symlink_metadata(&p).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            if fs::symlink_metadata(&p)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
                 if let Ok(t) = fs::read_link(&p) {
                     if p.exists() && !t.is_absolute() {
                         c.symlink(&format!("{dest}/{name}"), &t.to_string_lossy());
@@ -81,7 +85,8 @@ fn add_tree(c: &mut Cpio, dest: &str, src: &Path) -> Result<(), Fail> {
         }
     } else {
         use std::os::unix::fs::PermissionsExt;
-        let data = fs::read(src).map_err(|e| Fail::new(format!("cannot read {}: {e}", src.display())))?;
+        let data =
+            fs::read(src).map_err(|e| Fail::new(format!("cannot read {}: {e}", src.display())))?;
         c.file(dest, meta.permissions().mode() | 0o444, &data);
     }
     Ok(())
@@ -89,7 +94,9 @@ fn add_tree(c: &mut Cpio, dest: &str, src: &Path) -> Result<(), Fail> {
 
 fn build_initramfs(tb: &Testbed, job: &Job, out: &Path) -> Result<(), Fail> {
     let mut c = Cpio::default();
-    for d in ["bin", "sbin", "usr", "usr/bin", "proc", "sys", "dev", "tmp", "run", "work", "mnt"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "proc", "sys", "dev", "tmp", "run", "work", "mnt",
+    ] {
         c.dir(d);
     }
     let bb = fs::read(&tb.busybox).map_err(|e| Fail::new(format!("cannot read busybox: {e}")))?;
@@ -100,7 +107,13 @@ fn build_initramfs(tb: &Testbed, job: &Job, out: &Path) -> Result<(), Fail> {
     let mut made = std::collections::BTreeSet::new();
     for (name, path) in &job.files {
         let mut parent = String::from("work");
-        for part in name.split('/').collect::<Vec<_>>().split_last().map(|x| x.1).unwrap_or(&[]) {
+        for part in name
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|x| x.1)
+            .unwrap_or(&[])
+        {
             parent = format!("{parent}/{part}");
             if made.insert(parent.clone()) {
                 c.dir(&parent);
@@ -108,7 +121,8 @@ fn build_initramfs(tb: &Testbed, job: &Job, out: &Path) -> Result<(), Fail> {
         }
         add_tree(&mut c, &format!("work/{name}"), path)?;
     }
-    let mut f = fs::File::create(out).map_err(|e| Fail::new(format!("cannot create {}: {e}", out.display())))?;
+    let mut f = fs::File::create(out)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", out.display())))?;
     c.finish(&mut f)
         .and_then(|_| f.flush())
         .map_err(|e| Fail::new(format!("cannot write {}: {e}", out.display())))
@@ -124,13 +138,23 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
     if native_kvm() {
         return run_native(job);
     }
-    let tb = tb.ok_or_else(|| Fail::new("the arm64 test bed is not set up: run `cargo xtask setup` as root"))?;
+    let tb = tb.ok_or_else(|| {
+        Fail::new("the arm64 test bed is not set up: run `cargo xtask setup` as root")
+    })?;
     let dir = std::env::temp_dir().join(format!("xtask-l1-{}", std::process::id()));
-    fs::create_dir_all(&dir).map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
     let initrd = dir.join("initrd.cpio");
     build_initramfs(tb, job, &initrd)?;
     let mut child = Command::new("qemu-system-aarch64")
-        .args(["-M", "virt,virtualization=on,mte=on,gic-version=3", "-cpu", "max", "-smp", "2"])
+        .args([
+            "-M",
+            "virt,virtualization=on,mte=on,gic-version=3",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+        ])
         .args(["-m", &job.memory_mib.to_string()])
         .args(["-nographic", "-nic", "none", "-audio", "none", "-no-reboot"])
         .arg("-kernel")
@@ -143,12 +167,19 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| Fail::new(format!("cannot start qemu-system-aarch64: {e}")))?;
-    let stdout = child.stdout.take().ok_or_else(|| Fail::new("no QEMU stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Fail::new("no QEMU stdout"))?;
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
-        while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
             let line = String::from_utf8_lossy(&buf).replace('\r', "");
             if tx.send(line).is_err() {
                 break;
@@ -202,20 +233,30 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
     let exit = exit.ok_or_else(|| {
         Fail::new("the emulated arm64 machine stopped without reporting the job's exit status (kernel panic or crash?)")
     })?;
-    Ok(JobResult { exit, counts, output })
+    Ok(JobResult {
+        exit,
+        counts,
+        output,
+    })
 }
 
 fn run_native(job: &Job) -> Result<JobResult, Fail> {
     let dir = std::env::temp_dir().join(format!("xtask-native-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
     for (name, src) in &job.files {
-        let st = Command::new("cp").arg("-a").arg(src).arg(dir.join(name)).status();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(src)
+            .arg(dir.join(name))
+            .status();
         if !st.map(|s| s.success()).unwrap_or(false) {
             return Err(Fail::new(format!("cannot copy {}", src.display())));
         }
     }
-    fs::write(dir.join(".job.sh"), &job.script).map_err(|e| Fail::new(format!("cannot write job: {e}")))?;
+    fs::write(dir.join(".job.sh"), &job.script)
+        .map_err(|e| Fail::new(format!("cannot write job: {e}")))?;
     let out = Command::new("timeout")
         .arg(job.timeout.as_secs().to_string())
         .args(["sh", ".job.sh"])

@@ -422,7 +422,11 @@ fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
     let checks = match name {
         "boot" => guest::boot(&tb)?,
         "sdei" => guest::sdei(&tb)?,
-        other => return Err(Fail::new(format!("unknown scenario {other:?} (boot, sdei)"))),
+        other => {
+            return Err(Fail::new(format!(
+                "unknown scenario {other:?} (boot, sdei)"
+            )))
+        }
     };
     let c = guest::report(&checks);
     println!("{} passed, {} failed", c.passed, c.failed);

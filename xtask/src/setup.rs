@@ -142,14 +142,12 @@ fn backports_configured() -> bool {
         if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
                 let p = e.path();
-                let is_src = p
-                    .extension()
-                    .is_some_and(|x| x == "list" || x == "sources");
+                let is_src = p.extension().is_some_and(|x| x == "list" || x == "sources");
                 if is_src {
                     if let Ok(s) = fs::read_to_string(&p) {
-                        found |= s
-                            .lines()
-                            .any(|l| !l.trim_start().starts_with('#') && l.contains("bookworm-backports"));
+                        found |= s.lines().any(|l| {
+                            !l.trim_start().starts_with('#') && l.contains("bookworm-backports")
+                        });
                     }
                 }
             }
@@ -240,12 +238,17 @@ fn newest_kernel_package() -> Result<(String, String), Fail> {
 
 /// Downloads `pkg` with apt into `dir`, checks its SHA256 against apt's index, unpacks it.
 pub(crate) fn download_verified(pkg: &str, work: &Path, dest: &Path) -> Result<(), Fail> {
-    fs::create_dir_all(work).map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
+    fs::create_dir_all(work)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     for old in fs::read_dir(work).into_iter().flatten().flatten() {
         let _ = fs::remove_file(old.path());
     }
     eprintln!("xtask: downloading {pkg}");
-    cmd_status(Command::new("apt-get").current_dir(work).args(["-q", "download", pkg]))?;
+    cmd_status(
+        Command::new("apt-get")
+            .current_dir(work)
+            .args(["-q", "download", pkg]),
+    )?;
     let deb = fs::read_dir(work)
         .map_err(|e| Fail::new(format!("cannot read {}: {e}", work.display())))?
         .flatten()
@@ -268,7 +271,8 @@ pub(crate) fn download_verified(pkg: &str, work: &Path, dest: &Path) -> Result<(
         )));
     }
     let _ = fs::remove_dir_all(dest);
-    fs::create_dir_all(dest).map_err(|e| Fail::new(format!("cannot create {}: {e}", dest.display())))?;
+    fs::create_dir_all(dest)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", dest.display())))?;
     cmd_status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
     let _ = fs::remove_file(&deb);
     Ok(())
@@ -292,7 +296,10 @@ fn fetch_artefacts(cache: &Path) -> Result<Testbed, Fail> {
     check_aarch64_elf(&busybox)?;
     fs::write(cache.join("kernel.version"), &kver)
         .map_err(|e| Fail::new(format!("cannot write to the cache: {e}")))?;
-    eprintln!("xtask: test bed ready (kernel {kver}, cache {})", cache.display());
+    eprintln!(
+        "xtask: test bed ready (kernel {kver}, cache {})",
+        cache.display()
+    );
     Ok(Testbed {
         kernel,
         kernel_root: kroot,
@@ -317,7 +324,10 @@ fn check_aarch64_elf(p: &Path) -> Result<(), Fail> {
         && data.get(4) == Some(&2)
         && data.get(18..20) == Some(&183u16.to_le_bytes()[..]);
     if !ok {
-        return Err(Fail::new(format!("{} is not an aarch64 ELF binary", p.display())));
+        return Err(Fail::new(format!(
+            "{} is not an aarch64 ELF binary",
+            p.display()
+        )));
     }
     Ok(())
 }

@@ -118,6 +118,12 @@ mod tests {
             "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
         ));
         assert!(!c.add_libtest_line("running 5 tests"));
-        assert_eq!(c, Counts { passed: 15, failed: 2 });
+        assert_eq!(
+            c,
+            Counts {
+                passed: 15,
+                failed: 2
+            }
+        );
     }
 }

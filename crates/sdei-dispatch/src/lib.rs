@@ -71,10 +71,10 @@ pub use delivery::DispatchInfo;
 pub use dispatcher::{CallError, CallOutcome, Dispatcher};
 pub use machine::HandlerState;
 pub use regs::{RegisterFile, SdeiRegisters};
-pub use state::{DispatcherState, RestoreError};
-pub use vmm::{RaiseOutcome, VmmError};
 #[cfg(feature = "router")]
 pub use service::{ControlWrites, SdeiService};
+pub use state::{DispatcherState, RestoreError};
+pub use vmm::{RaiseOutcome, VmmError};
 
 /// Runs the README's examples as doc tests.
 #[cfg(doctest)]

@@ -90,12 +90,14 @@ impl SdeiRegisters for CallRegisters<'_, '_> {
         if n == 0 {
             return Ok(self.x0);
         }
-        let n = u8::try_from(n).map_err(|_| CallRegisterError::View(RegisterError::OutOfRange(u8::MAX)))?;
+        let n = u8::try_from(n)
+            .map_err(|_| CallRegisterError::View(RegisterError::OutOfRange(u8::MAX)))?;
         self.view.read_x(n).map_err(CallRegisterError::View)
     }
 
     fn set_x(&mut self, n: usize, value: u64) -> Result<(), Self::Error> {
-        let n = u8::try_from(n).map_err(|_| CallRegisterError::View(RegisterError::OutOfRange(u8::MAX)))?;
+        let n = u8::try_from(n)
+            .map_err(|_| CallRegisterError::View(RegisterError::OutOfRange(u8::MAX)))?;
         self.view.write_x(n, value).map_err(CallRegisterError::View)
     }
 
@@ -222,10 +224,16 @@ mod tests {
         b.build()
     }
 
-    fn call(router: &hypercall_router::Router<&SdeiService, 4, 8>, vcpu: usize, x: &[u64]) -> InMemoryRegisters {
+    fn call(
+        router: &hypercall_router::Router<&SdeiService, 4, 8>,
+        vcpu: usize,
+        x: &[u64],
+    ) -> InMemoryRegisters {
         let mut regs = InMemoryRegisters::default();
         regs.x[..x.len()].copy_from_slice(x);
-        router.dispatch(&CallContext::new(vcpu, Conduit::Hvc), &mut regs).unwrap();
+        router
+            .dispatch(&CallContext::new(vcpu, Conduit::Hvc), &mut regs)
+            .unwrap();
         regs
     }
 
@@ -249,19 +257,26 @@ mod tests {
         let sdei = SdeiService::new(cfg).unwrap();
         let r = routed(&sdei);
         // REGISTER(ev, entry, arg, flags=RM_ANY, affinity), ENABLE, PE_UNMASK.
-        assert_eq!(call(&r, 0, &[0xC400_0021, EV.into(), 0x1000, 7, 0, 0]).x[0], 0);
+        assert_eq!(
+            call(&r, 0, &[0xC400_0021, EV.into(), 0x1000, 7, 0, 0]).x[0],
+            0
+        );
         assert_eq!(call(&r, 0, &[0xC400_0022, EV.into()]).x[0], 0);
         call(&r, 0, &[0xC400_002C]);
         sdei.dispatcher().raise(EV, Some(0)).unwrap();
-        let mut full = RegisterFile::default();
-        full.pc = 0x4000;
-        full.pstate = 0x3c5;
+        let mut full = RegisterFile {
+            pc: 0x4000,
+            pstate: 0x3c5,
+            ..Default::default()
+        };
         let info = sdei.dispatch_pending(0, &mut full).unwrap().unwrap();
         assert_eq!(info.event, EV);
         assert_eq!(full.pc, 0x1000);
         // EVENT_COMPLETE(status 0) through the router.
         call(&r, 0, &[0xC400_0025, 0]);
-        let w = sdei.take_control_writes(0).expect("completion rewrites PC and PSTATE");
+        let w = sdei
+            .take_control_writes(0)
+            .expect("completion rewrites PC and PSTATE");
         assert_eq!(w.pc, Some(0x4000));
         assert_eq!(w.pstate, Some(0x3c5));
         assert!(sdei.take_control_writes(0).is_none());
