@@ -216,6 +216,30 @@ struct Extra {
 fn extra_host_checks() -> Vec<Extra> {
     let root = workspace_root();
     let mut v = Vec::new();
+    for (name, manifest) in [
+        ("no_std build of hypercall-router", "crates/hypercall-router/no-std-check/Cargo.toml"),
+        ("no_std build of sdei-dispatch", "crates/sdei-dispatch/no-std-check/Cargo.toml"),
+    ] {
+        if root.join(manifest).exists() {
+            v.push(Extra {
+                name,
+                args: vec!["build", "--manifest-path", manifest],
+                envs: vec![],
+            });
+        }
+    }
+    if root.join("crates/sdei-dispatch/Cargo.toml").exists() {
+        v.push(Extra {
+            name: "sdei-dispatch without default features",
+            args: vec!["test", "-p", "sdei-dispatch", "--no-default-features"],
+            envs: vec![("CARGO_TARGET_DIR", "target/no-std")],
+        });
+        v.push(Extra {
+            name: "hypercall-router without default features",
+            args: vec!["test", "-p", "hypercall-router", "--no-default-features"],
+            envs: vec![("CARGO_TARGET_DIR", "target/no-std")],
+        });
+    }
     if root
         .join("crates/mte-memory/tests/loom_tag_init.rs")
         .exists()
