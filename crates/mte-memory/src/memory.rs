@@ -428,14 +428,14 @@ mod tests {
     }
 
     #[test]
-    fn file_next_to_the_sources_is_judged_by_its_filesystem() {
-        // On a disk checkout this is a regular file and must be refused, naming the rule; a
-        // checkout on tmpfs or ramfs is judged by those rules instead.
-        let mut tmp = vmm_sys_util::tempfile::TempFile::new_in(std::path::Path::new(env!(
-            "CARGO_MANIFEST_DIR"
-        )))
-        .unwrap()
-        .into_file();
+    fn file_in_the_working_directory_is_judged_by_its_filesystem() {
+        // In a disk checkout this is a regular file and must be refused, naming the rule; a
+        // working directory on tmpfs or ramfs (the emulated machine's initramfs) is judged by
+        // those rules instead.
+        let dir = std::env::current_dir().unwrap();
+        let mut tmp = vmm_sys_util::tempfile::TempFile::new_in(&dir)
+            .unwrap()
+            .into_file();
         tmp.write_all(&[0; 16]).unwrap();
         let kind = BackingKind::of_file(&tmp).unwrap();
 
