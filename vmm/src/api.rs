@@ -1,7 +1,10 @@
 //! The control API: one request line per connection on a Unix socket, one response line back.
 //!
 //! ```text
-//! status                          -> ok running
+//! status                          -> ok running | ok paused
+//! pause / resume                  -> ok paused / ok running
+//! snapshot <dir>                  -> ok snapshot <dir> bytes <n> ms <n> ... (VM left paused)
+//! quit                            -> ok quitting (refvmm exits with status 12)
 //! sdei-signal <event> [<vcpu>]    -> ok pending | ok already-pending | ok not-registered
 //! ```
 //! Numbers are decimal or `0x` hex. Errors come back as `error <message>`. The client side is
@@ -20,6 +23,17 @@ pub const MAX_REQUEST: usize = 4096;
 pub enum Request {
     /// Is the VM running?
     Status,
+    /// Stop the vCPUs (they park between runs).
+    Pause,
+    /// Let them run again.
+    Resume,
+    /// Pause (if running) and save a snapshot into a new directory; stays paused.
+    Snapshot {
+        /// The directory to create.
+        dir: std::path::PathBuf,
+    },
+    /// Stop refvmm (exit status 12).
+    Quit,
     /// Raise an SDEI event, on a vCPU for private events.
     SdeiSignal {
         /// Event number.
@@ -65,6 +79,10 @@ pub fn parse_request(line: &str) -> Result<Request> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["status"] => Ok(Request::Status),
+        ["pause"] => Ok(Request::Pause),
+        ["resume"] => Ok(Request::Resume),
+        ["quit"] => Ok(Request::Quit),
+        ["snapshot", dir] => Ok(Request::Snapshot { dir: (*dir).into() }),
         ["sdei-signal", event] => Ok(Request::SdeiSignal {
             event: number(event, "event")?,
             vcpu: None,
@@ -75,7 +93,7 @@ pub fn parse_request(line: &str) -> Result<Request> {
         }),
         [] => Err(Error::BadRequest("empty request".into())),
         [cmd, ..] => Err(Error::BadRequest(format!(
-            "unknown request {cmd:?} (known: status, sdei-signal <event> [<vcpu>])"
+            "unknown request {cmd:?} (known: status, pause, resume, snapshot <dir>, quit, sdei-signal <event> [<vcpu>])"
         ))),
     }
 }

@@ -221,6 +221,7 @@ mod tests {
             its: false,
             seccomp: SeccompMode::Off,
             api_socket: None,
+            restore: None,
         }
     }
 

@@ -31,8 +31,15 @@ pub enum SeccompMode {
 pub struct Cli {
     /// The kernel: an arm64 Linux `Image` (detected by its header), or else a raw binary
     /// loaded at RAM base + 0x80000 and entered at its first byte (x0 = device tree).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+
+    /// Restore the VM saved in this snapshot directory instead of booting a kernel (the VM's
+    /// shape comes from the snapshot; only --seccomp and --api-socket apply).
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "kernel", "initrd", "cmdline", "cpus", "memory", "mte", "sdei", "pmu", "sve", "pauth", "its"
+    ])]
+    pub restore: Option<PathBuf>,
 
     /// An initramfs to hand to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -123,6 +130,9 @@ pub enum Error {
     /// The vCPU count is out of range.
     #[error("Number of vCPUs must be between 1 and {max}, got {0}", max = MAX_VCPUS)]
     Cpus(u8),
+    /// The snapshot to restore cannot be used.
+    #[error("Cannot restore: {0}")]
+    Restore(String),
     /// The command line cannot be passed to the kernel.
     #[error("Kernel command line: {0}")]
     Cmdline(String),
@@ -167,6 +177,8 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// API socket path.
     pub api_socket: Option<PathBuf>,
+    /// Restore from this snapshot directory instead of booting.
+    pub restore: Option<PathBuf>,
 }
 
 /// Parses `512M`, `1G`, `1048576`, `64m` ... into bytes.
@@ -207,13 +219,22 @@ impl TryFrom<Cli> for VmConfig {
     type Error = Error;
 
     fn try_from(cli: Cli) -> Result<Self> {
-        let klen = check_file(&cli.kernel).map_err(|reason| Error::Kernel {
-            path: cli.kernel.clone(),
+        if let Some(dir) = cli.restore {
+            return crate::snapshot::Reader::open(&dir)
+                .and_then(|r| r.manifest.shape.to_config(&dir, cli.seccomp, cli.api_socket))
+                .map_err(|e| Error::Restore(e.to_string()));
+        }
+        let kernel = cli.kernel.ok_or_else(|| Error::Kernel {
+            path: PathBuf::new(),
+            reason: "--kernel is required".into(),
+        })?;
+        let klen = check_file(&kernel).map_err(|reason| Error::Kernel {
+            path: kernel.clone(),
             reason,
         })?;
         if klen == 0 {
             return Err(Error::Kernel {
-                path: cli.kernel,
+                path: kernel,
                 reason: "empty file".into(),
             });
         }
@@ -255,7 +276,7 @@ impl TryFrom<Cli> for VmConfig {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
         Ok(VmConfig {
-            kernel: cli.kernel,
+            kernel,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
             cpus: cli.cpus,
@@ -270,6 +291,7 @@ impl TryFrom<Cli> for VmConfig {
             its: cli.its,
             seccomp: cli.seccomp,
             api_socket: cli.api_socket,
+            restore: None,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! refvmm as a library: the modules the `refvmm` binary composes. One module per concern:
 //! [`config`] (command line → validated config), [`layout`] (the memory map), [`fdt`],
-//! [`devices`] (MMIO bus, console), and on aarch64 `memory`, `boot`, `vcpu`, `gic`,
-//! `eventloop` and `vm`, which talk to KVM.
+//! [`devices`] (MMIO bus, console), [`sandbox`] (per-thread seccomp filters), and on aarch64
+//! `memory`, `boot`, `vcpu`, `gic`, `eventloop` and `vm`, which talk to KVM.
 
 pub mod api;
 pub mod config;
@@ -9,6 +9,7 @@ pub mod devices;
 pub mod fdt;
 pub mod layout;
 pub mod logger;
+pub mod sandbox;
 
 #[cfg(target_arch = "aarch64")]
 pub mod boot;
@@ -22,6 +23,7 @@ pub mod memory;
 pub mod regs;
 #[cfg(target_arch = "aarch64")]
 pub mod sdei;
+pub mod snapshot;
 #[cfg(target_arch = "aarch64")]
 pub mod vcpu;
 #[cfg(target_arch = "aarch64")]
@@ -41,4 +43,9 @@ pub mod exit_status {
     pub const RESET: u8 = 10;
     /// The guest crashed.
     pub const CRASH: u8 = 11;
+    /// The operator stopped the VM (API `quit`).
+    pub const STOPPED: u8 = 12;
+    /// A thread made a syscall its seccomp filter forbids (`--seccomp enforce`).
+    /// (31 is `SIGSYS`'s number.)
+    pub const SECCOMP_VIOLATION: u8 = 31;
 }

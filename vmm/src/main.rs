@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 guest powered off; 1 refvmm or KVM failed while running; 2 bad command line;
 //! 3 a configuration the host cannot run (bad kernel or initrd, too little memory, MTE
-//! unavailable, no KVM); 10 guest reset; 11 guest crashed. See `docs/refvmm.md`.
+//! unavailable, no KVM); 10 guest reset; 11 guest crashed; 31 a thread broke its seccomp
+//! filter (`docs/seccomp.md`). See `docs/refvmm.md`.
 
 use clap::Parser;
 use refvmm::{config, exit_status};
@@ -21,9 +22,6 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_status::CONFIG);
         }
     };
-    if cfg.seccomp != config::SeccompMode::Off {
-        log::warn!("seccomp filters are not implemented yet: running without them");
-    }
     run(cfg)
 }
 
@@ -36,6 +34,10 @@ fn run(cfg: config::VmConfig) -> ExitCode {
         Ok(VcpuStop::Reset) => {
             eprintln!("refvmm: the guest reset the machine");
             ExitCode::from(exit_status::RESET)
+        }
+        Ok(VcpuStop::Requested) => {
+            eprintln!("refvmm: stopped on request");
+            ExitCode::from(exit_status::STOPPED)
         }
         Ok(VcpuStop::Crash) => {
             eprintln!("refvmm: the guest crashed");

@@ -101,6 +101,28 @@ impl Sdei {
         })
     }
 
+    /// SDEI restored from an sdei-migration snapshot taken of a VM with the same vCPUs.
+    pub fn restore(mpidrs: &[u64], mte: bool, kicker: Arc<Kicker>, bytes: &[u8]) -> Result<Self> {
+        let fresh = Sdei::new(mpidrs, mte, kicker)?;
+        let config = fresh.service.dispatcher().config().clone();
+        let dispatcher =
+            sdei_migration::load(bytes, config).map_err(|e| Error::Config(e.to_string()))?;
+        let service = Arc::new(SdeiService::from_dispatcher(dispatcher));
+        let mut b: RouterBuilder<Arc<SdeiService>, 4, 8> = RouterBuilder::new();
+        b.register(service.clone())
+            .map_err(|e| Error::Route(e.to_string()))?;
+        Ok(Sdei {
+            service,
+            router: b.build(),
+            kicker: fresh.kicker,
+        })
+    }
+
+    /// The dispatcher's state in sdei-migration's format.
+    pub fn save(&self) -> std::result::Result<Vec<u8>, sdei_migration::SnapshotError> {
+        sdei_migration::save(&self.service.dispatcher())
+    }
+
     /// Asks KVM to forward the SDEI function IDs (before any vCPU runs).
     pub fn install_filter(&self, vm: &VmFd) -> Result<()> {
         install_smccc_filter(vm, &self.router)

@@ -52,6 +52,116 @@ pub enum VcpuStop {
     Reset,
     /// A crash the guest reported, or KVM could not run the guest any more.
     Crash,
+    /// The operator stopped the VM (API `quit`).
+    Requested,
+}
+
+/// Pausing: vCPU threads park at a checkpoint between `KVM_RUN`s, saving their state for a
+/// snapshot on the way in.
+pub struct VcpuControl {
+    inner: Mutex<ControlState>,
+    cv: std::sync::Condvar,
+}
+
+struct ControlState {
+    pause: bool,
+    parked: usize,
+    saved: Vec<Option<std::result::Result<crate::snapshot::vcpu::VcpuState, String>>>,
+}
+
+/// How long a pause waits for every vCPU to park.
+const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl VcpuControl {
+    /// Control for `n` vCPUs, running.
+    pub fn new(n: usize) -> Self {
+        VcpuControl {
+            inner: Mutex::new(ControlState {
+                pause: false,
+                parked: 0,
+                saved: vec![None; n],
+            }),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by vCPU `index`'s thread out of `KVM_RUN`: parks while the VM is paused.
+    pub fn checkpoint(&self, index: usize, fd: &VcpuFd) {
+        let mut g = self.lock();
+        if !g.pause {
+            return;
+        }
+        let state = crate::snapshot::vcpu::save(fd, index).map_err(|e| e.to_string());
+        if let Some(slot) = g.saved.get_mut(index) {
+            *slot = Some(state);
+        }
+        g.parked += 1;
+        self.cv.notify_all();
+        while g.pause {
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.parked -= 1;
+        self.cv.notify_all();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.lock().pause
+    }
+
+    /// Pauses every vCPU (kicking them out of `KVM_RUN`) and returns their saved states.
+    pub fn pause(
+        &self,
+        kicker: &Kicker,
+    ) -> std::result::Result<Vec<crate::snapshot::vcpu::VcpuState>, String> {
+        let n = {
+            let mut g = self.lock();
+            if !g.pause {
+                // Wait for threads still leaving the previous pause.
+                while g.parked != 0 {
+                    g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                g.pause = true;
+                g.saved.iter_mut().for_each(|s| *s = None);
+            }
+            g.saved.len()
+        };
+        for i in 0..n {
+            kicker.kick(i);
+        }
+        let deadline = std::time::Instant::now() + PAUSE_TIMEOUT;
+        let mut g = self.lock();
+        while g.parked < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("only {} of {n} vCPUs paused in time", g.parked));
+            }
+            g = self
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        g.saved
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Some(Ok(st)) => Ok(st.clone()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(format!("vCPU {i} saved no state")),
+            })
+            .collect()
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.lock().pause = false;
+        self.cv.notify_all();
+    }
 }
 
 /// Handles a forwarded hypercall (`KVM_EXIT_HYPERCALL`) on a vCPU, and gets a look at the
@@ -256,10 +366,11 @@ impl Vcpu {
         &mut self,
         bus: &MmioBus,
         hypercalls: Option<&Arc<dyn HypercallHandler>>,
+        control: &VcpuControl,
     ) -> Result<VcpuStop> {
         let area: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
         KVM_RUN_AREA.with(|c| c.set(area));
-        let res = self.run_loop(bus, hypercalls);
+        let res = self.run_loop(bus, hypercalls, control);
         KVM_RUN_AREA.with(|c| c.set(std::ptr::null_mut()));
         res
     }
@@ -268,8 +379,10 @@ impl Vcpu {
         &mut self,
         bus: &MmioBus,
         hypercalls: Option<&Arc<dyn HypercallHandler>>,
+        control: &VcpuControl,
     ) -> Result<VcpuStop> {
         loop {
+            control.checkpoint(usize::from(self.index), &self.fd);
             if let Some(h) = hypercalls {
                 h.before_run(&self.fd, self.index);
             }

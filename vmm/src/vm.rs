@@ -10,11 +10,18 @@ use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
 use crate::layout;
 use crate::memory;
+use crate::sandbox::{self, Category, Sandbox};
 use crate::sdei::{self, Sdei};
-use crate::vcpu::{self, install_kick_handler, HypercallHandler, Kicker, Vcpu, VcpuStop};
+use crate::memory::VmHandle;
+use crate::snapshot;
+use crate::vcpu::{
+    self, install_kick_handler, HypercallHandler, Kicker, Vcpu, VcpuControl, VcpuStop,
+};
+use mte_memory::{SharedGuestMemory, TagSnapshot};
+use vm_memory::GuestAddress;
 use kvm_ioctls::Kvm;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors building or running the VM.
@@ -66,9 +73,18 @@ pub enum Error {
     /// The API socket.
     #[error(transparent)]
     Api(api::Error),
-    /// A thread could not be started.
+    /// A snapshot file.
+    #[error(transparent)]
+    Snapshot(snapshot::Error),
+    /// A snapshot that cannot be restored into this VM.
+    #[error("Cannot restore: {0}")]
+    Restore(String),
+    /// A thread could not be started (or could not install its seccomp filter).
     #[error("Cannot start the thread for vCPU {0}: {1}")]
-    Thread(u8, #[source] std::io::Error),
+    Thread(u8, #[source] sandbox::Error),
+    /// The seccomp filters.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::Error),
 }
 
 impl Error {
@@ -76,7 +92,12 @@ impl Error {
     /// than a failure of refvmm or KVM at run time.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Boot(_) | Error::Kvm(_) | Error::Api(_) | Error::Unsupported { .. } => true,
+            Error::Boot(_)
+            | Error::Kvm(_)
+            | Error::Api(_)
+            | Error::Unsupported { .. }
+            | Error::Snapshot(_)
+            | Error::Restore(_) => true,
             Error::Memory(memory::Error::Mte(_)) | Error::Memory(memory::Error::Create(_)) => true,
             _ => false,
         }
@@ -127,18 +148,43 @@ fn check_features(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// Builds the VM and runs it; returns how the guest stopped it.
+/// Everything a running VM holds that the API needs (pause, snapshot).
+struct Machine {
+    cfg: VmConfig,
+    handle: VmHandle,
+    mem: Arc<SharedGuestMemory>,
+    gic: Gic,
+    console: Arc<Mutex<Console<std::io::Stdout>>>,
+    sdei: Option<Arc<Sdei>>,
+    kicker: Arc<Kicker>,
+    control: Arc<VcpuControl>,
+    mpidrs: Vec<u64>,
+    exit: ExitSignal,
+}
+
+/// Builds the VM (booting a kernel, or restoring a snapshot) and runs it; returns how the
+/// guest stopped it.
 pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let kvm = Kvm::new().map_err(Error::Kvm)?;
     check_features(&kvm, cfg)?;
+    let snapshot = match &cfg.restore {
+        Some(dir) => Some(snapshot::Reader::open(dir).map_err(Error::Snapshot)?),
+        None => None,
+    };
     let (handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
     log::info!(
         "guest memory ready ({} MiB, MTE {})",
         cfg.memory >> 20,
         cfg.mte
     );
-    let loaded = boot::load_images(mem.memory(), cfg)?;
-    log::info!("kernel at {:#x}, initrd {:x?}", loaded.entry, loaded.initrd);
+    let loaded = match &snapshot {
+        None => Some(boot::load_images(mem.memory(), cfg)?),
+        Some(r) => {
+            restore_memory(r, &mem, cfg)?;
+            restore_tags(r, &handle, &mem)?;
+            None
+        }
+    };
 
     let base_init = Vcpu::preferred_init(handle.vm())?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
@@ -149,13 +195,28 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         vcpus.push(Vcpu::new(fd, i, &base_init, cfg.features)?);
     }
     let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
+    if let Some(r) = &snapshot {
+        if r.manifest.mpidrs != mpidrs {
+            return Err(Error::Restore(format!(
+                "the snapshot's vCPUs have MPIDRs {:x?}, this VM's are {mpidrs:x?}",
+                r.manifest.mpidrs
+            )));
+        }
+    }
     let kicker = Arc::new(Kicker::new(vcpus.len()));
+    install_kick_handler().map_err(|source| Error::Device {
+        what: "vCPU kick signal",
+        source,
+    })?;
     let sdei = if cfg.sdei {
-        install_kick_handler().map_err(|source| Error::Device {
-            what: "vCPU kick signal",
-            source,
-        })?;
-        let s = Arc::new(Sdei::new(&mpidrs, cfg.mte, kicker.clone())?);
+        let s = match &snapshot {
+            None => Sdei::new(&mpidrs, cfg.mte, kicker.clone())?,
+            Some(r) => {
+                let bytes = r.read("sdei.bin").map_err(Error::Snapshot)?;
+                Sdei::restore(&mpidrs, cfg.mte, kicker.clone(), &bytes)?
+            }
+        };
+        let s = Arc::new(s);
         s.install_filter(handle.vm())?;
         Some(s)
     } else {
@@ -184,40 +245,77 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             what: "console interrupt",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-    let console = Arc::new(Mutex::new(Console::new(uart_irq, std::io::stdout())));
+    let console = match &snapshot {
+        None => Console::new(uart_irq, std::io::stdout()),
+        Some(r) => {
+            let wire: snapshot::SerialWire =
+                snapshot::decode("console state", &r.read("serial.bin").map_err(Error::Snapshot)?)
+                    .map_err(Error::Snapshot)?;
+            Console::from_wire(uart_irq, std::io::stdout(), &wire).map_err(Error::Restore)?
+        }
+    };
+    let console = Arc::new(Mutex::new(console));
     bus.insert(layout::UART_BASE, layout::UART_SIZE, console.clone())
         .map_err(|e| Error::Device {
             what: "console",
             source: std::io::Error::other(e),
         })?;
 
-    let blob = fdt::build(&FdtConfig {
-        mpidrs,
-        memory: cfg.memory,
-        cmdline: cfg.cmdline.clone(),
-        initrd: loaded.initrd,
-        sdei: cfg.sdei,
-        pmu: cfg.features.pmu,
-        its: cfg.its,
-        virtio: Vec::new(),
-    })?;
-    let fdt_addr = boot::write_fdt(mem.memory(), cfg.memory, &blob)?;
-    if let Some(boot_cpu) = vcpus.first() {
-        boot_cpu.set_boot_regs(loaded.entry, fdt_addr)?;
+    match (&snapshot, loaded) {
+        (Some(r), _) => restore_cpu_and_gic(r, &vcpus, &gic, &mpidrs)?,
+        (None, Some(loaded)) => {
+            let blob = fdt::build(&FdtConfig {
+                mpidrs: mpidrs.clone(),
+                memory: cfg.memory,
+                cmdline: cfg.cmdline.clone(),
+                initrd: loaded.initrd,
+                sdei: cfg.sdei,
+                pmu: cfg.features.pmu,
+                its: cfg.its,
+                virtio: Vec::new(),
+            })?;
+            let fdt_addr = boot::write_fdt(mem.memory(), cfg.memory, &blob)?;
+            if let Some(boot_cpu) = vcpus.first() {
+                boot_cpu.set_boot_regs(loaded.entry, fdt_addr)?;
+            }
+        }
+        (None, None) => {}
+    }
+    if snapshot.is_some() {
+        log::info!("restored from {:?}", cfg.restore);
     }
 
     let exit = ExitSignal::new().map_err(|source| Error::Device {
         what: "exit notification",
         source,
     })?;
+    let control = Arc::new(VcpuControl::new(vcpus.len()));
+    let machine = Arc::new(Machine {
+        cfg: cfg.clone(),
+        handle,
+        mem,
+        gic,
+        console: console.clone(),
+        sdei: sdei.clone(),
+        kicker: kicker.clone(),
+        control: control.clone(),
+        mpidrs,
+        exit: exit.clone(),
+    });
     let bus = Arc::new(bus);
+    let sandbox = Arc::new(Sandbox::new(cfg.seccomp)?);
+    // vCPU threads install their own filter, then wait until the main thread has installed
+    // its own (so that they never run the guest before the VMM is sandboxed).
+    let start = Arc::new(Barrier::new(usize::from(cfg.cpus) + 1));
     log::info!("starting the vCPUs");
     let hooks: Option<Arc<dyn HypercallHandler>> =
         sdei.clone().map(|s| s as Arc<dyn HypercallHandler>);
     let api = match &cfg.api_socket {
         Some(path) => {
             let listener = api::bind(path).map_err(Error::Api)?;
-            let handler: Arc<dyn ApiHandler> = Arc::new(VmApi { sdei: sdei.clone() });
+            let handler: Arc<dyn ApiHandler> = Arc::new(VmApi {
+                machine: machine.clone(),
+            });
             Some((listener, handler))
         }
         None => None,
@@ -226,10 +324,12 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         let bus = bus.clone();
         let exit = exit.clone();
         let hooks = hooks.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("vcpu{i}"))
-            .spawn(move || {
-                let stop = match v.run(&bus, hooks.as_ref()) {
+        let control = control.clone();
+        let start = start.clone();
+        let t = sandbox
+            .spawn(Category::Vcpu, format!("vcpu{i}"), move || {
+                start.wait();
+                let stop = match v.run(&bus, hooks.as_ref(), &control) {
                     Ok(stop) => stop,
                     Err(e) => {
                         eprintln!("refvmm: {e}");
@@ -241,28 +341,194 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             .map_err(|e| Error::Thread(i, e))?;
         kicker.register(usize::from(i), t.as_pthread_t());
     }
-    let stop = eventloop::run(console, &exit, api)?;
+    let stop = eventloop::run(console, &exit, api, || {
+        sandbox.apply(Category::Vmm)?;
+        start.wait();
+        Ok(())
+    })?;
     if let Some(p) = &cfg.api_socket {
         let _ = std::fs::remove_file(p);
     }
-    log::info!("the guest stopped the VM: {stop:?}");
-    // Keep the VM (and its memory) alive until here.
-    drop(handle);
-    log::info!("VM torn down");
+    log::info!("the VM stopped: {stop:?}");
+    // The vCPU threads still use the VM; the process exits right after this returns.
+    std::mem::forget(machine);
     Ok(stop)
+}
+
+fn restore_memory(r: &snapshot::Reader, mem: &SharedGuestMemory, cfg: &VmConfig) -> Result<()> {
+    use vm_memory::Bytes;
+    let c = r
+        .manifest
+        .components
+        .iter()
+        .find(|c| c.name == "memory.bin")
+        .ok_or(Error::Snapshot(snapshot::Error::Missing("memory.bin")))?;
+    if c.len != cfg.memory {
+        return Err(Error::Restore(format!(
+            "memory.bin has {} bytes for {} bytes of guest RAM",
+            c.len, cfg.memory
+        )));
+    }
+    r.stream("memory.bin", |off, chunk| {
+        mem.memory()
+            .write_slice(chunk, GuestAddress(layout::RAM_BASE + off))
+            .map_err(|e| snapshot::Error::Invalid(format!("guest memory write: {e}")))
+    })
+    .map_err(Error::Snapshot)
+}
+
+fn restore_tags(r: &snapshot::Reader, handle: &VmHandle, mem: &SharedGuestMemory) -> Result<()> {
+    match handle {
+        VmHandle::Mte(vm) => {
+            let bytes = r.read("mte-tags.bin").map_err(Error::Snapshot)?;
+            let snap = TagSnapshot::decode(&bytes).map_err(|e| Error::Restore(format!("MTE tags: {e}")))?;
+            let bases: Vec<GuestAddress> = snap.regions().iter().map(|r| r.base()).collect();
+            let ours: Vec<GuestAddress> = mem.regions().iter().map(|r| r.0).collect();
+            if bases != ours {
+                return Err(Error::Restore("MTE tags describe other memory regions".into()));
+            }
+            let mut store = vm.tag_store();
+            snap.restore(&mut store)
+                .map_err(|e| Error::Restore(format!("MTE tags: {e}")))
+        }
+        VmHandle::Plain(..) if r.has("mte-tags.bin") => Err(Error::Restore(
+            "the snapshot has MTE tags but the VM has no MTE".into(),
+        )),
+        VmHandle::Plain(..) => Ok(()),
+    }
+}
+
+fn restore_cpu_and_gic(r: &snapshot::Reader, vcpus: &[Vcpu], gic: &Gic, mpidrs: &[u64]) -> Result<()> {
+    let states: Vec<snapshot::vcpu::VcpuState> =
+        snapshot::decode("vCPU state", &r.read("vcpus.bin").map_err(Error::Snapshot)?)
+            .map_err(Error::Snapshot)?;
+    if states.len() != vcpus.len() {
+        return Err(Error::Restore(format!(
+            "{} vCPU states for {} vCPUs",
+            states.len(),
+            vcpus.len()
+        )));
+    }
+    for (i, (v, st)) in vcpus.iter().zip(&states).enumerate() {
+        snapshot::vcpu::restore(v.fd(), i, st).map_err(|e| Error::Restore(e.to_string()))?;
+    }
+    let state = snapshot::gic::GicState::decode(&r.read("gic.bin").map_err(Error::Snapshot)?)
+        .map_err(|e| Error::Restore(format!("GIC state: {e}")))?;
+    snapshot::gic::restore(gic.fd(), mpidrs, layout::GIC_NR_IRQS, &state)
+        .map_err(|e| Error::Restore(format!("GIC state: {e}")))
+}
+
+impl Machine {
+    fn snapshot(&self, dir: &std::path::Path) -> std::result::Result<String, String> {
+        if self.cfg.its {
+            return Err("snapshots of VMs with an ITS are not supported yet".into());
+        }
+        let was_paused = self.control.is_paused();
+        let t0 = std::time::Instant::now();
+        let states = self.control.pause(&self.kicker);
+        let result = states.and_then(|states| self.write_snapshot(dir, &states));
+        match &result {
+            Ok(_) => log::info!("snapshot written to {}", dir.display()),
+            Err(e) => {
+                log::warn!("snapshot to {} failed: {e}", dir.display());
+                if dir.join(snapshot::MANIFEST).exists() || dir.exists() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                if !was_paused {
+                    self.control.resume();
+                }
+            }
+        }
+        result.map(|(bytes, tag_bytes, tag_ms)| {
+            format!(
+                "snapshot {} bytes {bytes} ms {} tags-bytes {tag_bytes} tags-ms {tag_ms} (paused)",
+                dir.display(),
+                t0.elapsed().as_millis()
+            )
+        })
+    }
+
+    fn write_snapshot(
+        &self,
+        dir: &std::path::Path,
+        states: &[snapshot::vcpu::VcpuState],
+    ) -> std::result::Result<(u64, u64, u128), String> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let e = |e: snapshot::Error| e.to_string();
+        let mut w = snapshot::Writer::create(dir).map_err(e)?;
+        w.put("vcpus.bin", &postcard::to_allocvec(states).map_err(|x| x.to_string())?)
+            .map_err(e)?;
+        let gic = snapshot::gic::save(self.gic.fd(), &self.mpidrs, layout::GIC_NR_IRQS)
+            .map_err(|x| format!("GIC state: {x}"))?;
+        w.put("gic.bin", &gic.encode()).map_err(e)?;
+        let mem = self.mem.clone();
+        w.put_with("memory.bin", move |out| {
+            for region in mem.memory().iter() {
+                let len = region.len() as usize;
+                let host = region
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                // SAFETY: the region is a live mapping of `len` bytes owned by `mem`; the vCPUs
+                // are paused, and device emulation does not run while the API thread is here.
+                let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+                out.write_all(bytes)?;
+            }
+            Ok(())
+        })
+        .map_err(e)?;
+        let (mut tag_bytes, mut tag_ms) = (0, 0);
+        if let VmHandle::Mte(vm) = &self.handle {
+            let t = std::time::Instant::now();
+            let snap = TagSnapshot::capture_full(&vm.tag_store(), &self.mem.regions())
+                .map_err(|x| format!("MTE tags: {x}"))?;
+            let bytes = snap.encode();
+            tag_bytes = bytes.len() as u64;
+            w.put("mte-tags.bin", &bytes).map_err(e)?;
+            tag_ms = t.elapsed().as_millis();
+        }
+        if let Some(s) = &self.sdei {
+            w.put("sdei.bin", &s.save().map_err(|x| format!("SDEI state: {x}"))?)
+                .map_err(e)?;
+        }
+        let serial = self
+            .console
+            .lock()
+            .map_err(|_| "console lock poisoned".to_string())?
+            .to_wire();
+        w.put("serial.bin", &postcard::to_allocvec(&serial).map_err(|x| x.to_string())?)
+            .map_err(e)?;
+        let dir = w
+            .finish(snapshot::VmShape::of(&self.cfg), self.mpidrs.clone())
+            .map_err(e)?;
+        let total = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        Ok((total, tag_bytes, tag_ms))
+    }
 }
 
 /// The VM as the API sees it.
 struct VmApi {
-    sdei: Option<Arc<Sdei>>,
+    machine: Arc<Machine>,
 }
 
 impl ApiHandler for VmApi {
     fn handle(&self, request: Request) -> std::result::Result<String, String> {
+        let m = &self.machine;
         match request {
-            Request::Status => Ok("running".into()),
+            Request::Status => Ok(if m.control.is_paused() { "paused" } else { "running" }.into()),
+            Request::Pause => m.control.pause(&m.kicker).map(|_| "paused".into()),
+            Request::Resume => {
+                m.control.resume();
+                Ok("running".into())
+            }
+            Request::Snapshot { dir } => m.snapshot(&dir),
+            Request::Quit => {
+                m.exit.signal(VcpuStop::Requested);
+                Ok("quitting".into())
+            }
             Request::SdeiSignal { event, vcpu } => {
-                let sdei = self
+                let sdei = m
                     .sdei
                     .as_ref()
                     .ok_or("SDEI is not enabled (start refvmm with --sdei)")?;

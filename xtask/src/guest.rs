@@ -52,11 +52,12 @@ poweroff -f
 "#;
 
 /// The L1 side: start refvmm, note L1's uptime when the guest's init speaks, sample
-/// refvmm's memory while the guest runs, report refvmm's exit status.
+/// refvmm's memory and each thread's seccomp mode while the guest runs, report refvmm's exit
+/// status.
 const BOOT_L1_SCRIPT: &str = r#"
 echo "@@L1-UPTIME-AT-JOB $(cut -d' ' -f1 /proc/uptime)"
 echo "@@T-START $(cut -d' ' -f1 /proc/uptime)"
-( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --mte \
+( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --mte --seccomp enforce \
     --cmdline "console=ttyS0 rdinit=/init quiet" ; echo "@@REFVMM-EXIT $?" ) 2>&1 |
 while IFS= read -r line; do
   case "$line" in
@@ -64,6 +65,9 @@ while IFS= read -r line; do
       echo "@@T-INIT $(cut -d' ' -f1 /proc/uptime)"
       pid=$(pidof refvmm)
       grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' /proc/$pid/status | tr -s ' \t' ' ' | sed 's/^/@@MEM /'
+      for t in /proc/$pid/task/*; do
+        echo "@@THREAD $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"
+      done
       ;;
   esac
   echo "$line"
@@ -148,6 +152,10 @@ pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
             .then(|| "the guest's MTE check failed".to_string()),
     ));
     checks.push(check(
+        "boot: every refvmm thread runs under a seccomp filter (Seccomp: 2)",
+        threads_filtered(out, &["refvmm", "vcpu0", "vcpu1"]),
+    ));
+    checks.push(check(
         "boot: guest poweroff gives refvmm exit status 0",
         match marker(out, "@@REFVMM-EXIT") {
             Some("0") => None,
@@ -175,6 +183,26 @@ pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
         );
     }
     Ok(checks)
+}
+
+/// Checks the `@@THREAD <name> Seccomp: <mode>` lines: the `expected` threads are all there
+/// and every thread is in filter mode.
+fn threads_filtered(out: &str, expected: &[&str]) -> Option<String> {
+    let threads: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once("@@THREAD ")?.1.split_once(' '))
+        .collect();
+    let missing: Vec<&&str> = expected
+        .iter()
+        .filter(|e| !threads.iter().any(|(n, _)| n == *e))
+        .collect();
+    let unfiltered: Vec<&(&str, &str)> = threads
+        .iter()
+        .filter(|(_, mode)| mode.trim() != "Seccomp: 2")
+        .collect();
+    (!missing.is_empty() || !unfiltered.is_empty()).then(|| {
+        format!("threads {threads:?}: missing {missing:?}, not in filter mode {unfiltered:?}")
+    })
 }
 
 /// Keeps a scenario's console output in `target/xtask-logs/<name>.log` for post-mortems.
@@ -247,7 +275,7 @@ poweroff -f
 
 const SDEI_L1_SCRIPT: &str = r#"
 ctl() { ./refvmm ctl --api-socket /tmp/vm.sock "$@"; }
-( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --sdei \
+( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --sdei --seccomp enforce \
     --api-socket /tmp/vm.sock --cmdline "console=ttyS0 rdinit=/init quiet" ; echo "@@REFVMM-EXIT $?" ) 2>&1 |
 while IFS= read -r line; do
   echo "$line"
@@ -424,6 +452,260 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
         "sdei: the guest powers off (refvmm exit 0)",
         (marker(&out, "@@REFVMM-EXIT") != Some("0"))
             .then(|| format!("{:?}", marker(&out, "@@REFVMM-EXIT"))),
+    ));
+    Ok(checks)
+}
+
+const SECCOMP_GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+echo "@@GUEST-INIT"
+poweroff -f
+"#;
+
+/// Runs refvmm twice with the forbidden-syscall test hook on vCPU 0, under `enforce` and
+/// under `log`, with L1's kernel log cleared before and read after each run.
+const SECCOMP_L1_SCRIPT: &str = r#"
+run() {
+  dmesg -c > /dev/null
+  ( REFVMM_TEST_FORBIDDEN_SYSCALL=vcpu ./refvmm --kernel Image --initrd guest.cpio --cpus 2 \
+      --memory 512M --seccomp $1 --cmdline "console=ttyS0 rdinit=/init quiet" ; \
+    echo "@@EXIT-$1 $?" ) 2>&1 | sed "s/^/[$1] /"
+  sleep 2
+  dmesg | grep 'type=1326' | sed "s/^/@@AUDIT-$1 /"
+  echo "@@DONE-$1"
+}
+run enforce
+run log
+"#;
+
+/// `getppid` on aarch64, the syscall of refvmm's test hook.
+const GETPPID: u32 = 173;
+
+/// Issue 10's scenario: a syscall outside the vCPU threads' list kills refvmm under
+/// `--seccomp enforce` and is only logged under `--seccomp log`.
+pub fn seccomp(tb: &Testbed) -> Result<Vec<Check>, Fail> {
+    let refvmm = build::refvmm()?;
+    let work = std::env::temp_dir().join(format!("xtask-seccomp-{}", std::process::id()));
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
+    let cpio = work.join("guest.cpio");
+    initramfs(tb, SECCOMP_GUEST_INIT, &[], &cpio)?;
+    let job = Job {
+        files: vec![
+            ("refvmm".into(), refvmm),
+            ("Image".into(), tb.kernel.clone()),
+            ("guest.cpio".into(), cpio.clone()),
+        ],
+        script: SECCOMP_L1_SCRIPT.into(),
+        timeout: Duration::from_secs(1200),
+        memory_mib: 2048,
+        echo: true,
+    };
+    let res = l1::run(Some(tb), &job);
+    let _ = std::fs::remove_dir_all(&work);
+    let out = res?.output;
+    save_log("seccomp", &out);
+    let run_lines = |mode: &str| -> Vec<&str> {
+        let tag = format!("[{mode}] ");
+        out.lines()
+            .filter_map(|l| l.split_once(tag.as_str()).map(|(_, r)| r))
+            .collect()
+    };
+    let audits = |mode: &str| -> Vec<&str> {
+        let tag = format!("@@AUDIT-{mode} ");
+        out.lines()
+            .filter_map(|l| l.split_once(tag.as_str()).map(|(_, r)| r))
+            .collect()
+    };
+    let enforce = run_lines("enforce");
+    let log = run_lines("log");
+    let report = format!("a vcpu thread made syscall {GETPPID}");
+    let mut checks = vec![check(
+        "seccomp: enforce: a forbidden syscall on a vCPU thread stops refvmm with status 31",
+        match marker(&out, "@@EXIT-enforce") {
+            Some("31")
+                if enforce.iter().any(|l| l.contains(&report))
+                    && !enforce.iter().any(|l| l.contains("@@GUEST-INIT")) =>
+            {
+                None
+            }
+            other => Some(format!("exit {other:?}; refvmm said {enforce:?}")),
+        },
+    )];
+    checks.push(check(
+        "seccomp: log: the guest boots to /init and powers off (exit 0)",
+        (marker(&out, "@@EXIT-log") != Some("0")
+            || !log.iter().any(|l| l.contains("@@GUEST-INIT")))
+        .then(|| format!("exit {:?}; output {log:?}", marker(&out, "@@EXIT-log"))),
+    ));
+    let logged = audits("log");
+    let probe = format!("syscall={GETPPID} ");
+    checks.push(check(
+        "seccomp: log: the kernel logs the vCPU thread's forbidden syscall (type=1326, RET_LOG)",
+        (!logged.iter().any(|l| {
+            l.contains(&probe) && l.contains("code=0x7ffc0000") && l.contains("comm=\"vcpu0\"")
+        }))
+        .then(|| format!("audit records: {logged:?}")),
+    ));
+    let others: Vec<&&str> = logged.iter().filter(|l| !l.contains(&probe)).collect();
+    checks.push(check(
+        "seccomp: log: no other syscall of a whole boot falls outside the lists",
+        (!others.is_empty() || marker(&out, "@@DONE-log").is_none())
+            .then(|| format!("other audit records: {others:?}")),
+    ));
+    Ok(checks)
+}
+
+const SNAP_GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+insmod /bin/sdei_test.ko events=0x1000000,0x1000001,0x1000002,0x1000003
+/bin/mte_loop &
+sleep 2
+echo "@@READY"
+while read -r cmd; do eval "$cmd"; done
+"#;
+
+/// L1 side: boot A, make a handler spin on CPU 1, snapshot mid-handler, quit A; check a
+/// failed snapshot leaves A running and damaged snapshots are refused; restore into B; check
+/// tags, a mismatch fault and SDEI delivery after restore.
+const SNAP_L1_SCRIPT: &str = r#"
+ctl() { ./refvmm ctl --api-socket "$SOCK" "$@"; }
+mkfifo /tmp/in
+exec 3<>/tmp/in
+SOCK=/tmp/a.sock
+( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --mte --sdei --seccomp enforce \
+    --api-socket /tmp/a.sock --cmdline "console=ttyS0 rdinit=/init quiet" < /tmp/in ; echo "@@A-EXIT $?" ) 2>&1 |
+while IFS= read -r line; do
+  echo "$line"
+  case "$line" in
+    @@READY*)
+      echo 'echo 0x1000000 > /sys/module/sdei_test/parameters/spin_event; echo 8000 > /sys/module/sdei_test/parameters/spin_ms; echo @@SPIN-SET' >&3 ;;
+    @@SPIN-SET*)
+      echo "@@BADSNAP $(ctl snapshot /proc/no-such-dir/snap 2>&1)"
+      echo "@@AFTER-BADSNAP $(ctl status 2>&1)"
+      echo "@@RAISE-A $(ctl sdei-signal 0x1000000 1)"
+      sleep 2
+      echo "@@SNAP $(ctl snapshot /tmp/snap 2>&1)"
+      echo "@@QUIT $(ctl quit 2>&1)" ;;
+  esac
+done
+# Damaged snapshots must be refused with clear errors.
+cp -r /tmp/snap /tmp/bad1 && printf 'X' | dd of=/tmp/bad1/manifest.bin bs=1 seek=0 conv=notrunc 2>/dev/null
+echo "@@BAD-MAGIC $(./refvmm --restore /tmp/bad1 2>&1; echo status $?)"
+cp -r /tmp/snap /tmp/bad2 && printf 'Z' | dd of=/tmp/bad2/vcpus.bin bs=1 seek=100 conv=notrunc 2>/dev/null
+echo "@@BAD-CRC $(./refvmm --restore /tmp/bad2 2>&1; echo status $?)"
+cp -r /tmp/snap /tmp/bad3 && head -c 1000 /tmp/snap/gic.bin > /tmp/bad3/gic.bin
+echo "@@BAD-TRUNC $(./refvmm --restore /tmp/bad3 2>&1; echo status $?)"
+rm -rf /tmp/bad1 /tmp/bad2 /tmp/bad3
+SOCK=/tmp/b.sock
+phase=0
+( ./refvmm --restore /tmp/snap --seccomp enforce --api-socket /tmp/b.sock < /tmp/in ; echo "@@B-EXIT $?" ) 2>&1 |
+while IFS= read -r line; do
+  echo "$line"
+  case "$line" in
+    *"MTE-LOOP ok"*)
+      phase=$((phase+1))
+      if [ $phase = 2 ]; then
+        echo '@@RESTORED-SAW-OK' >&3
+        echo 'kill -USR1 $(pidof mte_loop)' >&3
+      fi ;;
+    *"MTE-LOOP mismatch"*)
+      sleep 8
+      echo "@@RAISE-B $(ctl sdei-signal 0x1000000 1) $(ctl sdei-signal 0x1000001 0)"
+      echo 'sleep 3; sed "s/^/@@REC /" /proc/sdei_test; poweroff -f' >&3 ;;
+  esac
+done
+"#;
+
+/// Issue 11's scenario: snapshot with MTE tags and a running SDEI handler, restore in a new
+/// refvmm.
+pub fn snapshot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
+    let refvmm = build::refvmm()?;
+    let module = crate::kmod::build_sdei_module(tb)?;
+    let mte_loop = build::vmm_example("mte_loop")?;
+    let work = std::env::temp_dir().join(format!("xtask-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
+    let cpio = work.join("guest.cpio");
+    initramfs(tb, SNAP_GUEST_INIT, &[("sdei_test.ko", &module), ("mte_loop", &mte_loop)], &cpio)?;
+    let job = Job {
+        files: vec![
+            ("refvmm".into(), refvmm),
+            ("Image".into(), tb.kernel.clone()),
+            ("guest.cpio".into(), cpio.clone()),
+        ],
+        script: SNAP_L1_SCRIPT.into(),
+        timeout: Duration::from_secs(1500),
+        memory_mib: 3072,
+        echo: true,
+    };
+    let res = l1::run(Some(tb), &job);
+    let _ = std::fs::remove_dir_all(&work);
+    let out = res?.output;
+    save_log("snapshot", &out);
+    let m = |name| marker(&out, name).unwrap_or_default().to_string();
+    let mut checks = Vec::new();
+    let bad = m("@@BADSNAP");
+    checks.push(check(
+        "snapshot: a failed snapshot is refused and leaves the VM running",
+        (!(bad.contains("refused") || bad.contains("error") || bad.contains("Snapshot file")) || m("@@AFTER-BADSNAP") != "running")
+            .then(|| format!("bad snapshot answer {bad:?}, status after {:?}", m("@@AFTER-BADSNAP"))),
+    ));
+    let snap = m("@@SNAP");
+    checks.push(check(
+        "snapshot: taken while an SDEI handler runs (MTE tags included)",
+        (!(snap.starts_with("snapshot /tmp/snap") && snap.contains("tags-bytes")) || m("@@RAISE-A") != "pending")
+            .then(|| format!("snapshot answer {snap:?}, raise {:?}", m("@@RAISE-A"))),
+    ));
+    checks.push(check(
+        "snapshot: the first refvmm exits on request (status 12)",
+        (m("@@A-EXIT") != "12").then(|| format!("exit {:?}", m("@@A-EXIT"))),
+    ));
+    for (name, key, want) in [
+        ("snapshot: a manifest with a bad magic is refused", "@@BAD-MAGIC", "bad magic"),
+        ("snapshot: a corrupted component is refused", "@@BAD-CRC", "checksum"),
+        ("snapshot: a truncated component is refused", "@@BAD-TRUNC", "bytes, the manifest says"),
+    ] {
+        let v = m(key);
+        checks.push(check(
+            name,
+            (!(v.contains(want) && v.ends_with("status 3"))).then(|| format!("{v:?}")),
+        ));
+    }
+    let after: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains("@@A-EXIT"))
+        .collect();
+    let oks = after.iter().filter(|l| l.contains("MTE-LOOP ok")).count();
+    checks.push(check(
+        "snapshot: after restore the guest continues and its tags still match",
+        (oks < 2 || after.iter().any(|l| l.contains("MTE-LOOP BAD")))
+            .then(|| format!("{oks} MTE-LOOP ok lines after restore")),
+    ));
+    checks.push(check(
+        "snapshot: after restore a mismatched tag still faults",
+        (!after.iter().any(|l| l.contains("MTE-LOOP mismatch faulted")))
+            .then(|| "no 'mismatch faulted' after restore".to_string()),
+    ));
+    let recs: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("@@REC ")).collect();
+    let delivered = |ev: &str, cpu: &str| {
+        recs.iter()
+            .filter(|r| r.starts_with(&format!("sdei_test: event={ev} cpu={cpu} ")))
+            .count()
+    };
+    checks.push(check(
+        "snapshot: the handler running at snapshot time completes after restore, and new events are delivered",
+        (!(m("@@RAISE-B").starts_with("pending pending")
+            && delivered("0x1000000", "1") >= 2
+            && delivered("0x1000001", "0") >= 1))
+            .then(|| format!("raise answers {:?}, records {recs:?}", m("@@RAISE-B"))),
+    ));
+    checks.push(check(
+        "snapshot: the restored guest powers off (refvmm exit 0)",
+        (m("@@B-EXIT") != "0").then(|| format!("exit {:?}", m("@@B-EXIT"))),
     ));
     Ok(checks)
 }

@@ -38,6 +38,45 @@ impl<W: Write + Send> Console<W> {
         }
     }
 
+    /// A console restored from a snapshot's registers and input FIFO.
+    pub fn from_wire(irq: EventFd, out: W, wire: &crate::snapshot::SerialWire) -> Result<Self, String> {
+        let r = wire.regs;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: wire.input.clone(),
+        };
+        Serial::from_state(&state, EventFdTrigger::new(irq), NoEvents, out)
+            .map(|serial| Console { serial })
+            .map_err(|e| format!("invalid console state: {e:?}"))
+    }
+
+    /// The registers and input FIFO, for a snapshot.
+    pub fn to_wire(&self) -> crate::snapshot::SerialWire {
+        let s = self.serial.state();
+        crate::snapshot::SerialWire {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            input: s.in_buffer,
+        }
+    }
+
     /// Queues input bytes for the guest; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
@@ -73,6 +112,21 @@ mod tests {
             c.write(0, &[*b]);
         }
         assert_eq!(c.serial.writer(), b"ok\n");
+    }
+
+    #[test]
+    fn console_state_round_trips_and_an_overfull_fifo_is_refused() {
+        let mut c = Console::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Vec::new());
+        c.write(3, &[0x80]); // LCR: DLAB
+        c.write(0, &[0x0c]); // divisor low
+        c.write(3, &[0x03]);
+        c.enqueue_input(b"ab");
+        let wire = c.to_wire();
+        let d = Console::from_wire(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Vec::new(), &wire).unwrap();
+        assert_eq!(d.to_wire(), wire);
+        let mut bad = wire;
+        bad.input = vec![0; 1 << 16];
+        assert!(Console::from_wire(EventFd::new(0).unwrap(), Vec::new(), &bad).is_err());
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! vCPU state: every register `KVM_GET_REG_LIST` names (core, system, timer, firmware
+//! pseudo-registers, SVE, PMU ...) and the MP state (running or powered off).
+
+use kvm_bindings::{kvm_mp_state, RegList, KVM_REG_SIZE_MASK, KVM_REG_SIZE_SHIFT};
+use kvm_ioctls::VcpuFd;
+use serde::{Deserialize, Serialize};
+
+/// Most registers a vCPU state may name (KVM lists a few hundred; SVE adds ~100).
+pub const MAX_REGS: usize = 4096;
+/// Largest single register (SVE Z registers are 2048 bits at most).
+pub const MAX_REG_BYTES: usize = 256;
+
+/// Errors saving or restoring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM_GET_REG_LIST failed.
+    #[error("Cannot list the registers of vCPU {0}: {1}")]
+    List(usize, #[source] kvm_ioctls::Error),
+    /// A register could not be read.
+    #[error("Cannot read register {1:#x} of vCPU {0}: {2}")]
+    Get(usize, u64, #[source] kvm_ioctls::Error),
+    /// A register could not be written.
+    #[error("Cannot restore register {1:#x} of vCPU {0}: {2}")]
+    Set(usize, u64, #[source] kvm_ioctls::Error),
+    /// The MP state could not be read or written.
+    #[error("Cannot access the MP state of vCPU {0}: {1}")]
+    MpState(usize, #[source] kvm_ioctls::Error),
+    /// The saved state does not fit this vCPU.
+    #[error("Saved state of vCPU {0} is invalid: {1}")]
+    Invalid(usize, String),
+}
+
+/// Result of vCPU state operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One vCPU's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// `KVM_MP_STATE_*`.
+    pub mp_state: u32,
+    /// Register id and its value, in `KVM_GET_REG_LIST` order.
+    pub regs: Vec<(u64, Vec<u8>)>,
+}
+
+/// Size in bytes of a register from its id.
+pub fn reg_size(id: u64) -> usize {
+    1usize << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
+}
+
+fn reg_list(fd: &VcpuFd, index: usize) -> Result<Vec<u64>> {
+    let mut n = 512;
+    loop {
+        let mut list = RegList::new(n).map_err(|_| Error::Invalid(index, "register list too large".into()))?;
+        match fd.get_reg_list(&mut list) {
+            Ok(()) => return Ok(list.as_slice().to_vec()),
+            Err(e) if e.errno() == libc::E2BIG && n < MAX_REGS => n *= 2,
+            Err(e) => return Err(Error::List(index, e)),
+        }
+    }
+}
+
+/// Saves vCPU `index` (call with the vCPU out of `KVM_RUN`).
+pub fn save(fd: &VcpuFd, index: usize) -> Result<VcpuState> {
+    let ids = reg_list(fd, index)?;
+    let mut regs = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut buf = vec![0u8; reg_size(id)];
+        fd.get_one_reg(id, &mut buf)
+            .map_err(|e| Error::Get(index, id, e))?;
+        regs.push((id, buf));
+    }
+    let mp_state = fd.get_mp_state().map_err(|e| Error::MpState(index, e))?.mp_state;
+    Ok(VcpuState { mp_state, regs })
+}
+
+/// Restores vCPU `index` (initialised with the same features, not yet run). Every saved
+/// register must be one this vCPU lists, with the size its id says.
+pub fn restore(fd: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
+    let ids = reg_list(fd, index)?;
+    if state.regs.len() > MAX_REGS {
+        return Err(Error::Invalid(index, format!("{} registers", state.regs.len())));
+    }
+    for (id, value) in &state.regs {
+        if !ids.contains(id) {
+            return Err(Error::Invalid(
+                index,
+                format!("register {id:#x} does not exist on this vCPU (different features or host?)"),
+            ));
+        }
+        if value.len() != reg_size(*id) || value.len() > MAX_REG_BYTES {
+            return Err(Error::Invalid(
+                index,
+                format!("register {id:#x} holds {} bytes, expected {}", value.len(), reg_size(*id)),
+            ));
+        }
+    }
+    if state.mp_state > kvm_bindings::KVM_MP_STATE_SUSPENDED {
+        return Err(Error::Invalid(index, format!("MP state {}", state.mp_state)));
+    }
+    for (id, value) in &state.regs {
+        fd.set_one_reg(*id, value)
+            .map_err(|e| Error::Set(index, *id, e))?;
+    }
+    fd.set_mp_state(kvm_mp_state {
+        mp_state: state.mp_state,
+    })
+    .map_err(|e| Error::MpState(index, e))
+}
