@@ -19,6 +19,9 @@ pub enum Error {
     /// The event manager failed.
     #[error("Event loop failed: {0:?}")]
     Manager(event_manager::Error),
+    /// The main thread could not be sealed before the loop.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Error),
 }
 
 /// Result of the event loop.
@@ -135,11 +138,14 @@ impl MutEventSubscriber for ApiServer {
     }
 }
 
-/// Runs until a vCPU signals a stop; returns it.
+/// Runs until a vCPU signals a stop; returns it. `before_loop` runs once everything is set up,
+/// right before the first wait (refvmm installs the main thread's seccomp filter there and then
+/// lets the vCPUs start).
 pub fn run<W: Write + Send + 'static>(
     console: Arc<Mutex<Console<W>>>,
     exit: &ExitSignal,
     api: Option<(UnixListener, Arc<dyn ApiHandler>)>,
+    before_loop: impl FnOnce() -> crate::sandbox::Result<()>,
 ) -> Result<VcpuStop> {
     let _raw = RawStdin::new();
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -149,6 +155,7 @@ pub fn run<W: Write + Send + 'static>(
     if let Some((listener, handler)) = api {
         em.add_subscriber(Arc::new(Mutex::new(ApiServer { listener, handler })));
     }
+    before_loop()?;
     loop {
         if let Some(stop) = exit.get() {
             return Ok(stop);

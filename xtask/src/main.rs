@@ -184,6 +184,8 @@ fn cmd_test() -> Result<Outcome, Fail> {
     );
     let mut scenarios = guest::boot(&tb)?;
     scenarios.extend(guest::sdei(&tb)?);
+    scenarios.extend(guest::snapshot(&tb)?);
+    scenarios.extend(guest::seccomp(&tb)?);
     let guests = guest::report(&scenarios);
     println!(
         "emulated guest scenarios: {} passed, {} failed",
@@ -217,8 +219,14 @@ fn extra_host_checks() -> Vec<Extra> {
     let root = workspace_root();
     let mut v = Vec::new();
     for (name, manifest) in [
-        ("no_std build of hypercall-router", "crates/hypercall-router/no-std-check/Cargo.toml"),
-        ("no_std build of sdei-dispatch", "crates/sdei-dispatch/no-std-check/Cargo.toml"),
+        (
+            "no_std build of hypercall-router",
+            "crates/hypercall-router/no-std-check/Cargo.toml",
+        ),
+        (
+            "no_std build of sdei-dispatch",
+            "crates/sdei-dispatch/no-std-check/Cargo.toml",
+        ),
     ] {
         if root.join(manifest).exists() {
             v.push(Extra {
@@ -440,15 +448,17 @@ fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
     }
 }
 
-/// One guest scenario on its own (`boot` or `sdei`).
+/// One guest scenario on its own (`boot`, `sdei` or `seccomp`).
 fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
     let tb = setup::run()?;
     let checks = match name {
         "boot" => guest::boot(&tb)?,
         "sdei" => guest::sdei(&tb)?,
+        "snapshot" => guest::snapshot(&tb)?,
+        "seccomp" => guest::seccomp(&tb)?,
         other => {
             return Err(Fail::new(format!(
-                "unknown scenario {other:?} (boot, sdei)"
+                "unknown scenario {other:?} (boot, sdei, seccomp)"
             )))
         }
     };
