@@ -5,7 +5,7 @@ use crate::api::{self, ApiHandler};
 use crate::devices::serial::Console;
 use crate::vcpu::VcpuStop;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
@@ -78,15 +78,33 @@ struct StdinInput<W: Write + Send> {
 
 impl<W: Write + Send> MutEventSubscriber for StdinInput<W> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        // Read no more than the receive FIFO can take, straight from fd 0 (no user-space
+        // buffer that epoll cannot see): what is not read stays in the kernel until the guest
+        // has drained the FIFO, so nothing typed or piped in is lost.
+        let room = self.console.lock().map(|c| c.input_room()).unwrap_or(0);
+        if room == 0 {
+            // The guest has not read the FIFO yet; stdin stays readable (level-triggered), so
+            // come back shortly instead of spinning.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            return;
+        }
         let mut buf = [0u8; 64];
-        let n = std::io::stdin().lock().read(&mut buf).unwrap_or(0);
-        if n == 0 || events.event_set().contains(EventSet::HANG_UP) {
+        let want = room.min(buf.len());
+        // SAFETY: reading at most `want` bytes into a live buffer of at least that size.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), want) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock {
+                return;
+            }
+        }
+        // End of file, or an error that will not go away.
+        if n <= 0 {
             let _ = ops.remove(events);
             return;
         }
         if let Ok(mut c) = self.console.lock() {
-            // Bytes beyond the FIFO's room are dropped, as a real UART would.
-            c.enqueue_input(&buf[..n]);
+            c.enqueue_input(&buf[..n as usize]);
         }
     }
 

@@ -65,6 +65,7 @@ while IFS= read -r line; do
       echo "@@T-INIT $(cut -d' ' -f1 /proc/uptime)"
       pid=$(pidof refvmm)
       grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' /proc/$pid/status | tr -s ' \t' ' ' | sed 's/^/@@MEM /'
+      echo "@@MEM GuestRss: $(awk '/memfd:guest-mem/ {m=1; next} /^[0-9a-f]+-[0-9a-f]+ / {m=0} m && /^Rss:/ {s+=$2} END {print s+0}' /proc/$pid/smaps) kB"
       for t in /proc/$pid/task/*; do
         echo "@@THREAD $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"
       done
@@ -174,12 +175,12 @@ pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
             l2 / l1_boot
         );
     }
-    if let (Some(rss), Some(shmem)) = (mem_kib(out, "VmRSS"), mem_kib(out, "RssShmem")) {
+    if let (Some(rss), Some(guest)) = (mem_kib(out, "VmRSS"), mem_kib(out, "GuestRss")) {
         println!(
-            "xtask: refvmm RSS {rss} KiB, of which guest RAM (shared memfd) {shmem} KiB; refvmm's own memory {} KiB (anon {:?} KiB, file {:?} KiB)",
-            rss.saturating_sub(shmem),
+            "xtask: refvmm RSS {rss} KiB, of which guest RAM (the memfd mapping) {guest} KiB; refvmm's own memory {} KiB (anon {:?} KiB, shmem incl. guest RAM and the binary on the initramfs {:?} KiB)",
+            rss.saturating_sub(guest),
             mem_kib(out, "RssAnon"),
-            mem_kib(out, "RssFile")
+            mem_kib(out, "RssShmem")
         );
     }
     Ok(checks)
@@ -582,9 +583,9 @@ SOCK=/tmp/a.sock
 while IFS= read -r line; do
   echo "$line"
   case "$line" in
-    @@READY*)
+    *@@READY*)
       echo 'echo 0x1000000 > /sys/module/sdei_test/parameters/spin_event; echo 8000 > /sys/module/sdei_test/parameters/spin_ms; echo @@SPIN-SET' >&3 ;;
-    @@SPIN-SET*)
+    *@@SPIN-SET*)
       echo "@@BADSNAP $(ctl snapshot /proc/no-such-dir/snap 2>&1)"
       echo "@@AFTER-BADSNAP $(ctl status 2>&1)"
       echo "@@RAISE-A $(ctl sdei-signal 0x1000000 1)"

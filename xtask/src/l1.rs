@@ -188,6 +188,11 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
         }
     });
     let deadline = Instant::now() + job.timeout;
+    // Everything the machine prints also goes to target/xtask-logs/l1-console.log, so that a
+    // run that times out can still be read.
+    let log_dir = crate::util::workspace_root().join("target/xtask-logs");
+    let _ = fs::create_dir_all(&log_dir);
+    let mut console_log = fs::File::create(log_dir.join("l1-console.log")).ok();
     let mut output = String::new();
     let mut counts = Counts::default();
     let mut exit = None;
@@ -205,6 +210,9 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
         }
         match rx.recv_timeout(left.min(Duration::from_millis(500))) {
             Ok(line) => {
+                if let Some(f) = console_log.as_mut() {
+                    let _ = f.write_all(line.as_bytes());
+                }
                 if job.echo {
                     print!("{line}");
                     let _ = std::io::stdout().flush();

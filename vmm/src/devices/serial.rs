@@ -77,6 +77,11 @@ impl<W: Write + Send> Console<W> {
         }
     }
 
+    /// Free space in the receive FIFO.
+    pub fn input_room(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+
     /// Queues input bytes for the guest; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
