@@ -81,7 +81,10 @@ mod soak {
                 };
                 let tag = (got as u64 >> 56) & 0xf;
                 if tag != tag_of(g) {
-                    println!("MTE-LOOP BAD granule {g} has tag {tag:#x}, expected {:#x}", tag_of(g));
+                    println!(
+                        "MTE-LOOP BAD granule {g} has tag {tag:#x}, expected {:#x}",
+                        tag_of(g)
+                    );
                     std::process::exit(1);
                 }
                 // SAFETY: a load through the matching tag.

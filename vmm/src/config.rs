@@ -221,7 +221,11 @@ impl TryFrom<Cli> for VmConfig {
     fn try_from(cli: Cli) -> Result<Self> {
         if let Some(dir) = cli.restore {
             return crate::snapshot::Reader::open(&dir)
-                .and_then(|r| r.manifest.shape.to_config(&dir, cli.seccomp, cli.api_socket))
+                .and_then(|r| {
+                    r.manifest
+                        .shape
+                        .to_config(&dir, cli.seccomp, cli.api_socket)
+                })
                 .map_err(|e| Error::Restore(e.to_string()));
         }
         let kernel = cli.kernel.ok_or_else(|| Error::Kernel {

@@ -94,7 +94,9 @@ impl<W: Write + Send> MutEventSubscriber for StdinInput<W> {
         let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), want) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock {
+            if e.kind() == std::io::ErrorKind::Interrupted
+                || e.kind() == std::io::ErrorKind::WouldBlock
+            {
                 return;
             }
         }

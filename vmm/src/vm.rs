@@ -10,18 +10,18 @@ use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
 use crate::layout;
 use crate::memory;
+use crate::memory::VmHandle;
 use crate::sandbox::{self, Category, Sandbox};
 use crate::sdei::{self, Sdei};
-use crate::memory::VmHandle;
 use crate::snapshot;
 use crate::vcpu::{
     self, install_kick_handler, HypercallHandler, Kicker, Vcpu, VcpuControl, VcpuStop,
 };
-use mte_memory::{SharedGuestMemory, TagSnapshot};
-use vm_memory::GuestAddress;
 use kvm_ioctls::Kvm;
+use mte_memory::{SharedGuestMemory, TagSnapshot};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Barrier, Mutex};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors building or running the VM.
@@ -248,9 +248,11 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let console = match &snapshot {
         None => Console::new(uart_irq, std::io::stdout()),
         Some(r) => {
-            let wire: snapshot::SerialWire =
-                snapshot::decode("console state", &r.read("serial.bin").map_err(Error::Snapshot)?)
-                    .map_err(Error::Snapshot)?;
+            let wire: snapshot::SerialWire = snapshot::decode(
+                "console state",
+                &r.read("serial.bin").map_err(Error::Snapshot)?,
+            )
+            .map_err(Error::Snapshot)?;
             Console::from_wire(uart_irq, std::io::stdout(), &wire).map_err(Error::Restore)?
         }
     };
@@ -381,11 +383,14 @@ fn restore_tags(r: &snapshot::Reader, handle: &VmHandle, mem: &SharedGuestMemory
     match handle {
         VmHandle::Mte(vm) => {
             let bytes = r.read("mte-tags.bin").map_err(Error::Snapshot)?;
-            let snap = TagSnapshot::decode(&bytes).map_err(|e| Error::Restore(format!("MTE tags: {e}")))?;
+            let snap = TagSnapshot::decode(&bytes)
+                .map_err(|e| Error::Restore(format!("MTE tags: {e}")))?;
             let bases: Vec<GuestAddress> = snap.regions().iter().map(|r| r.base()).collect();
             let ours: Vec<GuestAddress> = mem.regions().iter().map(|r| r.0).collect();
             if bases != ours {
-                return Err(Error::Restore("MTE tags describe other memory regions".into()));
+                return Err(Error::Restore(
+                    "MTE tags describe other memory regions".into(),
+                ));
             }
             let mut store = vm.tag_store();
             snap.restore(&mut store)
@@ -398,7 +403,12 @@ fn restore_tags(r: &snapshot::Reader, handle: &VmHandle, mem: &SharedGuestMemory
     }
 }
 
-fn restore_cpu_and_gic(r: &snapshot::Reader, vcpus: &[Vcpu], gic: &Gic, mpidrs: &[u64]) -> Result<()> {
+fn restore_cpu_and_gic(
+    r: &snapshot::Reader,
+    vcpus: &[Vcpu],
+    gic: &Gic,
+    mpidrs: &[u64],
+) -> Result<()> {
     let states: Vec<snapshot::vcpu::VcpuState> =
         snapshot::decode("vCPU state", &r.read("vcpus.bin").map_err(Error::Snapshot)?)
             .map_err(Error::Snapshot)?;
@@ -456,8 +466,11 @@ impl Machine {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         let e = |e: snapshot::Error| e.to_string();
         let mut w = snapshot::Writer::create(dir).map_err(e)?;
-        w.put("vcpus.bin", &postcard::to_allocvec(states).map_err(|x| x.to_string())?)
-            .map_err(e)?;
+        w.put(
+            "vcpus.bin",
+            &postcard::to_allocvec(states).map_err(|x| x.to_string())?,
+        )
+        .map_err(e)?;
         let gic = snapshot::gic::save(self.gic.fd(), &self.mpidrs, layout::GIC_NR_IRQS)
             .map_err(|x| format!("GIC state: {x}"))?;
         w.put("gic.bin", &gic.encode()).map_err(e)?;
@@ -487,21 +500,32 @@ impl Machine {
             tag_ms = t.elapsed().as_millis();
         }
         if let Some(s) = &self.sdei {
-            w.put("sdei.bin", &s.save().map_err(|x| format!("SDEI state: {x}"))?)
-                .map_err(e)?;
+            w.put(
+                "sdei.bin",
+                &s.save().map_err(|x| format!("SDEI state: {x}"))?,
+            )
+            .map_err(e)?;
         }
         let serial = self
             .console
             .lock()
             .map_err(|_| "console lock poisoned".to_string())?
             .to_wire();
-        w.put("serial.bin", &postcard::to_allocvec(&serial).map_err(|x| x.to_string())?)
-            .map_err(e)?;
+        w.put(
+            "serial.bin",
+            &postcard::to_allocvec(&serial).map_err(|x| x.to_string())?,
+        )
+        .map_err(e)?;
         let dir = w
             .finish(snapshot::VmShape::of(&self.cfg), self.mpidrs.clone())
             .map_err(e)?;
         let total = std::fs::read_dir(&dir)
-            .map(|d| d.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0);
         Ok((total, tag_bytes, tag_ms))
     }
@@ -516,7 +540,12 @@ impl ApiHandler for VmApi {
     fn handle(&self, request: Request) -> std::result::Result<String, String> {
         let m = &self.machine;
         match request {
-            Request::Status => Ok(if m.control.is_paused() { "paused" } else { "running" }.into()),
+            Request::Status => Ok(if m.control.is_paused() {
+                "paused"
+            } else {
+                "running"
+            }
+            .into()),
             Request::Pause => m.control.pause(&m.kicker).map(|_| "paused".into()),
             Request::Resume => {
                 m.control.resume();

@@ -629,9 +629,15 @@ pub fn snapshot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     let module = crate::kmod::build_sdei_module(tb)?;
     let mte_loop = build::vmm_example("mte_loop")?;
     let work = std::env::temp_dir().join(format!("xtask-snap-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     let cpio = work.join("guest.cpio");
-    initramfs(tb, SNAP_GUEST_INIT, &[("sdei_test.ko", &module), ("mte_loop", &mte_loop)], &cpio)?;
+    initramfs(
+        tb,
+        SNAP_GUEST_INIT,
+        &[("sdei_test.ko", &module), ("mte_loop", &mte_loop)],
+        &cpio,
+    )?;
     let job = Job {
         files: vec![
             ("refvmm".into(), refvmm),
@@ -652,13 +658,20 @@ pub fn snapshot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     let bad = m("@@BADSNAP");
     checks.push(check(
         "snapshot: a failed snapshot is refused and leaves the VM running",
-        (!(bad.contains("refused") || bad.contains("error") || bad.contains("Snapshot file")) || m("@@AFTER-BADSNAP") != "running")
-            .then(|| format!("bad snapshot answer {bad:?}, status after {:?}", m("@@AFTER-BADSNAP"))),
+        (!(bad.contains("refused") || bad.contains("error") || bad.contains("Snapshot file"))
+            || m("@@AFTER-BADSNAP") != "running")
+            .then(|| {
+                format!(
+                    "bad snapshot answer {bad:?}, status after {:?}",
+                    m("@@AFTER-BADSNAP")
+                )
+            }),
     ));
     let snap = m("@@SNAP");
     checks.push(check(
         "snapshot: taken while an SDEI handler runs (MTE tags included)",
-        (!(snap.starts_with("snapshot /tmp/snap") && snap.contains("tags-bytes")) || m("@@RAISE-A") != "pending")
+        (!(snap.starts_with("snapshot /tmp/snap") && snap.contains("tags-bytes"))
+            || m("@@RAISE-A") != "pending")
             .then(|| format!("snapshot answer {snap:?}, raise {:?}", m("@@RAISE-A"))),
     ));
     checks.push(check(
@@ -666,9 +679,21 @@ pub fn snapshot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
         (m("@@A-EXIT") != "12").then(|| format!("exit {:?}", m("@@A-EXIT"))),
     ));
     for (name, key, want) in [
-        ("snapshot: a manifest with a bad magic is refused", "@@BAD-MAGIC", "bad magic"),
-        ("snapshot: a corrupted component is refused", "@@BAD-CRC", "checksum"),
-        ("snapshot: a truncated component is refused", "@@BAD-TRUNC", "bytes, the manifest says"),
+        (
+            "snapshot: a manifest with a bad magic is refused",
+            "@@BAD-MAGIC",
+            "bad magic",
+        ),
+        (
+            "snapshot: a corrupted component is refused",
+            "@@BAD-CRC",
+            "checksum",
+        ),
+        (
+            "snapshot: a truncated component is refused",
+            "@@BAD-TRUNC",
+            "bytes, the manifest says",
+        ),
     ] {
         let v = m(key);
         checks.push(check(
@@ -688,10 +713,15 @@ pub fn snapshot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     ));
     checks.push(check(
         "snapshot: after restore a mismatched tag still faults",
-        (!after.iter().any(|l| l.contains("MTE-LOOP mismatch faulted")))
-            .then(|| "no 'mismatch faulted' after restore".to_string()),
+        (!after
+            .iter()
+            .any(|l| l.contains("MTE-LOOP mismatch faulted")))
+        .then(|| "no 'mismatch faulted' after restore".to_string()),
     ));
-    let recs: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("@@REC ")).collect();
+    let recs: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@REC "))
+        .collect();
     let delivered = |ev: &str, cpu: &str| {
         recs.iter()
             .filter(|r| r.starts_with(&format!("sdei_test: event={ev} cpu={cpu} ")))

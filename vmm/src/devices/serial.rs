@@ -39,7 +39,11 @@ impl<W: Write + Send> Console<W> {
     }
 
     /// A console restored from a snapshot's registers and input FIFO.
-    pub fn from_wire(irq: EventFd, out: W, wire: &crate::snapshot::SerialWire) -> Result<Self, String> {
+    pub fn from_wire(
+        irq: EventFd,
+        out: W,
+        wire: &crate::snapshot::SerialWire,
+    ) -> Result<Self, String> {
         let r = wire.regs;
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: r[0],
@@ -127,7 +131,8 @@ mod tests {
         c.write(3, &[0x03]);
         c.enqueue_input(b"ab");
         let wire = c.to_wire();
-        let d = Console::from_wire(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Vec::new(), &wire).unwrap();
+        let d = Console::from_wire(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Vec::new(), &wire)
+            .unwrap();
         assert_eq!(d.to_wire(), wire);
         let mut bad = wire;
         bad.input = vec![0; 1 << 16];

@@ -59,7 +59,11 @@ pub enum Error {
     #[error("Not a refvmm snapshot manifest (bad magic)")]
     BadMagic,
     /// Written by a newer refvmm.
-    #[error("Snapshot format {major}.{minor} is newer than this refvmm understands ({}.{})", FORMAT_MAJOR, FORMAT_MINOR)]
+    #[error(
+        "Snapshot format {major}.{minor} is newer than this refvmm understands ({}.{})",
+        FORMAT_MAJOR,
+        FORMAT_MINOR
+    )]
     Newer {
         /// Major version found.
         major: u16,
@@ -168,7 +172,12 @@ impl VmShape {
     }
 
     /// A VM configuration that recreates this shape (to be restored, not booted).
-    pub fn to_config(&self, dir: &Path, seccomp: SeccompMode, api_socket: Option<PathBuf>) -> Result<VmConfig> {
+    pub fn to_config(
+        &self,
+        dir: &Path,
+        seccomp: SeccompMode,
+        api_socket: Option<PathBuf>,
+    ) -> Result<VmConfig> {
         if self.cpus == 0 || self.cpus > crate::layout::MAX_VCPUS {
             return Err(Error::Invalid(format!("{} vCPUs", self.cpus)));
         }
@@ -299,7 +308,11 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
         if !ok_name {
             return Err(Error::Invalid(format!("component name {:?}", c.name)));
         }
-        let cap = if c.name == "memory.bin" { m.shape.memory } else { MAX_COMPONENT };
+        let cap = if c.name == "memory.bin" {
+            m.shape.memory
+        } else {
+            MAX_COMPONENT
+        };
         if c.len > cap {
             return Err(Error::Oversized {
                 what: c.name.clone(),
@@ -428,7 +441,11 @@ impl Reader {
     /// Reads component `name` through `f` in chunks, then checks length and CRC. `f` sees
     /// the data before the check completes: callers must treat the result as unusable when
     /// this returns an error.
-    pub fn stream(&self, name: &'static str, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    pub fn stream(
+        &self,
+        name: &'static str,
+        mut f: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let c = self.component(name)?;
         let path = self.dir.join(name);
         let mut file = std::fs::File::open(&path).map_err(io(&path))?;
@@ -534,17 +551,29 @@ mod tests {
     #[test]
     fn every_kind_of_damage_gets_its_own_error() {
         let good = encode_manifest(&manifest());
-        assert!(matches!(decode_manifest(&good[..20]), Err(Error::Truncated(20))));
-        assert!(matches!(decode_manifest(&good[..good.len() - 1]), Err(Error::Truncated(_))));
+        assert!(matches!(
+            decode_manifest(&good[..20]),
+            Err(Error::Truncated(20))
+        ));
+        assert!(matches!(
+            decode_manifest(&good[..good.len() - 1]),
+            Err(Error::Truncated(_))
+        ));
         let mut b = good.clone();
         b[0] = b'X';
         assert!(matches!(decode_manifest(&b), Err(Error::BadMagic)));
         let mut b = good.clone();
         b[8] = 2;
-        assert!(matches!(decode_manifest(&b), Err(Error::Newer { major: 2, .. })));
+        assert!(matches!(
+            decode_manifest(&b),
+            Err(Error::Newer { major: 2, .. })
+        ));
         let mut b = good.clone();
         b[10] = 1;
-        assert!(matches!(decode_manifest(&b), Err(Error::Newer { major: 1, minor: 1 })));
+        assert!(matches!(
+            decode_manifest(&b),
+            Err(Error::Newer { major: 1, minor: 1 })
+        ));
         let mut b = good.clone();
         b[12] = 1;
         assert!(matches!(decode_manifest(&b), Err(Error::Checksum(_))));
@@ -570,13 +599,22 @@ mod tests {
     fn impossible_manifests_are_refused() {
         let mut m = manifest();
         m.mpidrs.pop();
-        assert!(matches!(decode_manifest(&encode_manifest(&m)), Err(Error::Invalid(_))));
+        assert!(matches!(
+            decode_manifest(&encode_manifest(&m)),
+            Err(Error::Invalid(_))
+        ));
         let mut m = manifest();
         m.components[0].name = "../etc/passwd".into();
-        assert!(matches!(decode_manifest(&encode_manifest(&m)), Err(Error::Invalid(_))));
+        assert!(matches!(
+            decode_manifest(&encode_manifest(&m)),
+            Err(Error::Invalid(_))
+        ));
         let mut m = manifest();
         m.components[0].len = (512 << 20) + 1;
-        assert!(matches!(decode_manifest(&encode_manifest(&m)), Err(Error::Oversized { .. })));
+        assert!(matches!(
+            decode_manifest(&encode_manifest(&m)),
+            Err(Error::Oversized { .. })
+        ));
     }
 
     #[test]
@@ -593,7 +631,10 @@ mod tests {
         assert!(matches!(r.read("sdei.bin"), Err(Error::Checksum(_))));
         std::fs::write(dir.join("sdei.bin"), b"hell").unwrap();
         assert!(matches!(r.read("sdei.bin"), Err(Error::Length { .. })));
-        assert!(Writer::create(&dir).is_err(), "an existing directory is never overwritten");
+        assert!(
+            Writer::create(&dir).is_err(),
+            "an existing directory is never overwritten"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -50,7 +50,8 @@ pub fn reg_size(id: u64) -> usize {
 fn reg_list(fd: &VcpuFd, index: usize) -> Result<Vec<u64>> {
     let mut n = 512;
     loop {
-        let mut list = RegList::new(n).map_err(|_| Error::Invalid(index, "register list too large".into()))?;
+        let mut list =
+            RegList::new(n).map_err(|_| Error::Invalid(index, "register list too large".into()))?;
         match fd.get_reg_list(&mut list) {
             Ok(()) => return Ok(list.as_slice().to_vec()),
             Err(e) if e.errno() == libc::E2BIG && n < MAX_REGS => n *= 2,
@@ -69,7 +70,10 @@ pub fn save(fd: &VcpuFd, index: usize) -> Result<VcpuState> {
             .map_err(|e| Error::Get(index, id, e))?;
         regs.push((id, buf));
     }
-    let mp_state = fd.get_mp_state().map_err(|e| Error::MpState(index, e))?.mp_state;
+    let mp_state = fd
+        .get_mp_state()
+        .map_err(|e| Error::MpState(index, e))?
+        .mp_state;
     Ok(VcpuState { mp_state, regs })
 }
 
@@ -78,24 +82,36 @@ pub fn save(fd: &VcpuFd, index: usize) -> Result<VcpuState> {
 pub fn restore(fd: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
     let ids = reg_list(fd, index)?;
     if state.regs.len() > MAX_REGS {
-        return Err(Error::Invalid(index, format!("{} registers", state.regs.len())));
+        return Err(Error::Invalid(
+            index,
+            format!("{} registers", state.regs.len()),
+        ));
     }
     for (id, value) in &state.regs {
         if !ids.contains(id) {
             return Err(Error::Invalid(
                 index,
-                format!("register {id:#x} does not exist on this vCPU (different features or host?)"),
+                format!(
+                    "register {id:#x} does not exist on this vCPU (different features or host?)"
+                ),
             ));
         }
         if value.len() != reg_size(*id) || value.len() > MAX_REG_BYTES {
             return Err(Error::Invalid(
                 index,
-                format!("register {id:#x} holds {} bytes, expected {}", value.len(), reg_size(*id)),
+                format!(
+                    "register {id:#x} holds {} bytes, expected {}",
+                    value.len(),
+                    reg_size(*id)
+                ),
             ));
         }
     }
     if state.mp_state > kvm_bindings::KVM_MP_STATE_SUSPENDED {
-        return Err(Error::Invalid(index, format!("MP state {}", state.mp_state)));
+        return Err(Error::Invalid(
+            index,
+            format!("MP state {}", state.mp_state),
+        ));
     }
     for (id, value) in &state.regs {
         fd.set_one_reg(*id, value)
