@@ -15,6 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+/// How long `refvmm ctl` waits for an answer.
+pub const CLIENT_TIMEOUT_SECS: u64 = 900;
+
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 4096;
 
@@ -123,7 +126,8 @@ pub fn client(socket: &Path, request: &[String]) -> Result<String> {
         reason,
     };
     let mut s = UnixStream::connect(socket).map_err(|e| sock_err(e.to_string()))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    // A snapshot of a large guest takes a while; everything else answers at once.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(CLIENT_TIMEOUT_SECS)));
     s.write_all(format!("{line}\n").as_bytes())
         .map_err(|e| sock_err(e.to_string()))?;
     let mut answer = String::new();

@@ -247,7 +247,7 @@ echo "@@STEP1"
 sleep 3
 dump 1
 # Phase 2: an event for CPU 1 while CPU 1 has interrupts masked.
-taskset -c 1 sh -c 'echo 4000 > /proc/sdei_test_irqoff' &
+taskset -c 1 sh -c 'echo 10000 > /proc/sdei_test_irqoff' &
 sleep 1
 echo "@@STEP2"
 wait
@@ -260,15 +260,10 @@ echo "@@STEP3"
 sleep 8
 echo 0 > /sys/module/sdei_test/parameters/spin_ms
 dump 3
-# Phase 4: hundreds of events; wait until deliveries stop growing.
+# Phase 4: hundreds of events; the VMM side says on the console when it is done.
 echo "@@STEP4"
-last=-1; same=0
-while [ $same -lt 3 ]; do
-  sleep 2
-  n=$(grep -c '^sdei_test: event=' /proc/sdei_test)
-  if [ "$n" = "$last" ]; then same=$((same+1)); else same=0; fi
-  last=$n
-done
+read -r done_line
+sleep 3
 dump 4
 echo "@@GUEST-ALIVE $(echo ok)"
 poweroff -f
@@ -276,8 +271,10 @@ poweroff -f
 
 const SDEI_L1_SCRIPT: &str = r#"
 ctl() { ./refvmm ctl --api-socket /tmp/vm.sock "$@"; }
+mkfifo /tmp/in
+exec 3<>/tmp/in
 ( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --sdei --seccomp enforce \
-    --api-socket /tmp/vm.sock --cmdline "console=ttyS0 rdinit=/init quiet" ; echo "@@REFVMM-EXIT $?" ) 2>&1 |
+    --api-socket /tmp/vm.sock --cmdline "console=ttyS0 rdinit=/init quiet" < /tmp/in ; echo "@@REFVMM-EXIT $?" ) 2>&1 |
 while IFS= read -r line; do
   echo "$line"
   case "$line" in
@@ -295,7 +292,8 @@ while IFS= read -r line; do
           case "$(ctl sdei-signal $r)" in pending) p=$((p+1));; esac
         done
       done
-      echo "@@L1-PENDING $p" ;;
+      echo "@@L1-PENDING $p"
+      echo "done" >&3 ;;
   esac
 done
 "#;
@@ -584,8 +582,8 @@ while IFS= read -r line; do
   echo "$line"
   case "$line" in
     *@@READY*)
-      echo 'echo 0x1000000 > /sys/module/sdei_test/parameters/spin_event; echo 8000 > /sys/module/sdei_test/parameters/spin_ms; echo @@SPIN-SET' >&3 ;;
-    *@@SPIN-SET*)
+      echo 'echo 0x1000000 > /sys/module/sdei_test/parameters/spin_event; echo 8000 > /sys/module/sdei_test/parameters/spin_ms; echo @@SPIN-$((1+1))' >&3 ;;
+    *@@SPIN-2*)
       echo "@@BADSNAP $(ctl snapshot /proc/no-such-dir/snap 2>&1)"
       echo "@@AFTER-BADSNAP $(ctl status 2>&1)"
       echo "@@RAISE-A $(ctl sdei-signal 0x1000000 1)"
@@ -595,16 +593,18 @@ while IFS= read -r line; do
   esac
 done
 # Damaged snapshots must be refused with clear errors.
-cp -r /tmp/snap /tmp/bad1 && printf 'X' | dd of=/tmp/bad1/manifest.bin bs=1 seek=0 conv=notrunc 2>/dev/null
+# A damaged copy: symlinks to every component, then one file replaced by a damaged copy.
+damaged() { mkdir "$1"; for f in /tmp/snap/*; do ln -s "$f" "$1/$(basename $f)"; done; rm "$1/$2"; cp "/tmp/snap/$2" "$1/$2"; }
+damaged /tmp/bad1 manifest.bin && printf 'X' | dd of=/tmp/bad1/manifest.bin bs=1 seek=0 conv=notrunc 2>/dev/null
 echo "@@BAD-MAGIC $(./refvmm --restore /tmp/bad1 2>&1; echo status $?)"
-cp -r /tmp/snap /tmp/bad2 && printf 'Z' | dd of=/tmp/bad2/vcpus.bin bs=1 seek=100 conv=notrunc 2>/dev/null
-echo "@@BAD-CRC $(./refvmm --restore /tmp/bad2 2>&1; echo status $?)"
-cp -r /tmp/snap /tmp/bad3 && head -c 1000 /tmp/snap/gic.bin > /tmp/bad3/gic.bin
-echo "@@BAD-TRUNC $(./refvmm --restore /tmp/bad3 2>&1; echo status $?)"
+damaged /tmp/bad2 vcpus.bin && printf 'Z' | dd of=/tmp/bad2/vcpus.bin bs=1 seek=100 conv=notrunc 2>/dev/null
+echo "@@BAD-CRC $(./refvmm --restore /tmp/bad2 --seccomp off 2>&1; echo status $?)"
+damaged /tmp/bad3 gic.bin && head -c 1000 /tmp/snap/gic.bin > /tmp/bad3/gic.bin
+echo "@@BAD-TRUNC $(./refvmm --restore /tmp/bad3 --seccomp off 2>&1; echo status $?)"
 rm -rf /tmp/bad1 /tmp/bad2 /tmp/bad3
 SOCK=/tmp/b.sock
 phase=0
-( ./refvmm --restore /tmp/snap --seccomp enforce --api-socket /tmp/b.sock < /tmp/in ; echo "@@B-EXIT $?" ) 2>&1 |
+( REFVMM_LOG=info ./refvmm --restore /tmp/snap --seccomp enforce --api-socket /tmp/b.sock < /tmp/in ; echo "@@B-EXIT $?" ) 2>&1 |
 while IFS= read -r line; do
   echo "$line"
   case "$line" in

@@ -57,9 +57,17 @@ impl<W: Write + Send> Console<W> {
             scratch: r[8],
             in_buffer: wire.input.clone(),
         };
-        Serial::from_state(&state, EventFdTrigger::new(irq), NoEvents, out)
+        let pending = r[3] & 1 == 0;
+        let console = Serial::from_state(&state, EventFdTrigger::new(irq), NoEvents, out)
             .map(|serial| Console { serial })
-            .map_err(|e| format!("invalid console state: {e:?}"))
+            .map_err(|e| format!("invalid console state: {e:?}"))?;
+        // An interrupt signalled just before the snapshot may still have been on its way into
+        // the GIC (irqfd injection is asynchronous): raise it again if the UART says one is
+        // pending. A driver that finds nothing to do treats it as spurious.
+        if pending {
+            let _ = console.serial.interrupt_evt().trigger();
+        }
+        Ok(console)
     }
 
     /// The registers and input FIFO, for a snapshot.
