@@ -1,0 +1,355 @@
+//! Seeds of the binary decoders: router registers, SDEI snapshots, MTE tag snapshots.
+
+use hypercall_router::{CallType, Conduit, Convention, FunctionId, Owner, ServiceQuery};
+use mte_memory::{
+    PageBitmap, SoftwareTagStore, TagSnapshot, TagStore, TAGS_PER_PAGE, TAG_PAGE_SIZE,
+};
+use vm_memory::GuestAddress;
+
+use super::sequences::sdei_sequence_ops;
+use super::Seed;
+use crate::router::{RouterInput, REGISTERS};
+use crate::sdei::Model;
+
+fn call(id: u32, args: &[u64], conduit: Conduit) -> Vec<u8> {
+    let mut x = [0u64; REGISTERS];
+    x[0] = u64::from(id);
+    for (slot, arg) in x.iter_mut().skip(1).zip(args) {
+        *slot = *arg;
+    }
+    RouterInput { x, conduit }.to_bytes()
+}
+
+fn fast(convention: Convention, owner: Owner, number: u16) -> u32 {
+    FunctionId::new(CallType::Fast, convention, owner, number).raw()
+}
+
+/// Real router calls: the Arm Architecture calls, the echo and inverting services, owner
+/// queries, unsupported identifiers, reserved bits, the SVE hint and a dirty upper half.
+pub fn router_seeds() -> Vec<Seed> {
+    use Convention::{Smc32, Smc64};
+    let t = "smccc_dispatch";
+    let version = FunctionId::SMCCC_VERSION.raw();
+    let features = FunctionId::SMCCC_ARCH_FEATURES.raw();
+    let soc_id = FunctionId::SMCCC_ARCH_SOC_ID.raw();
+    let sip32 = fast(Smc32, Owner::SiP, 0x05);
+    let sip64 = fast(Smc64, Owner::SiP, 0x1F);
+    let tos = FunctionId::new(CallType::Yielding, Smc64, Owner::TrustedOs(50), 0x10).raw();
+    let vendor = fast(Smc32, Owner::VendorHypervisor, 2);
+    let mut seeds = vec![
+        Seed::new(t, "arch-version-hvc", call(version, &[], Conduit::Hvc)),
+        Seed::new(t, "arch-version-smc", call(version, &[], Conduit::Smc)),
+        Seed::new(
+            t,
+            "arch-features-version",
+            call(features, &[u64::from(version)], Conduit::Hvc),
+        ),
+        Seed::new(
+            t,
+            "arch-features-soc-id",
+            call(features, &[u64::from(soc_id)], Conduit::Hvc),
+        ),
+        Seed::new(
+            t,
+            "arch-features-sip",
+            call(features, &[u64::from(sip64)], Conduit::Smc),
+        ),
+        Seed::new(
+            t,
+            "arch-features-workaround-1",
+            call(features, &[0x8000_8000], Conduit::Hvc),
+        ),
+        Seed::new(t, "arch-soc-id-version", call(soc_id, &[0], Conduit::Hvc)),
+        Seed::new(t, "arch-soc-id-revision", call(soc_id, &[1], Conduit::Hvc)),
+        Seed::new(t, "arch-soc-id-name", call(soc_id, &[2], Conduit::Hvc)),
+        Seed::new(t, "arch-workaround-1", call(0x8000_8000, &[], Conduit::Smc)),
+        Seed::new(
+            t,
+            "sip-smc32-echo",
+            call(
+                sip32,
+                &[1, 0xFFFF_FFFF_0000_0002, 3, 4, 5, 6, 7],
+                Conduit::Smc,
+            ),
+        ),
+        Seed::new(
+            t,
+            "sip-smc64-echo",
+            call(sip64, &[u64::MAX; 17], Conduit::Hvc),
+        ),
+        Seed::new(
+            t,
+            "sip-out-of-range",
+            call(fast(Smc32, Owner::SiP, 0x20), &[], Conduit::Hvc),
+        ),
+        Seed::new(
+            t,
+            "trusted-os-yielding",
+            call(tos, &[9, 8, 7], Conduit::Smc),
+        ),
+        Seed::new(
+            t,
+            "vendor-hyp-inverting",
+            call(vendor, &[0x1234, 0x5678], Conduit::Hvc),
+        ),
+        Seed::new(
+            t,
+            "standard-hyp-unsupported",
+            call(
+                fast(Smc64, Owner::StandardHypervisor, 0x21),
+                &[],
+                Conduit::Hvc,
+            ),
+        ),
+        Seed::new(
+            t,
+            "reserved-bits-set",
+            call(version | 0x0002_0000, &[], Conduit::Hvc),
+        ),
+        Seed::new(
+            t,
+            "reserved-bits-set-smc64",
+            call(sip64 | 0x0080_0000, &[1], Conduit::Smc),
+        ),
+        Seed::new(
+            t,
+            "sve-hint",
+            call(
+                sip64 | hypercall_router::SVE_HINT_BIT,
+                &[1, 2],
+                Conduit::Smc,
+            ),
+        ),
+    ];
+    let mut dirty_upper = call(sip32, &[1, 2], Conduit::Smc);
+    dirty_upper[5..9].copy_from_slice(&[0xAA; 4]);
+    seeds.push(Seed::new(t, "smc32-dirty-upper-half", dirty_upper));
+    for (name, owner) in [
+        ("sip", Owner::SiP),
+        ("vendor-hyp", Owner::VendorHypervisor),
+        ("trusted-os", Owner::TrustedOs(50)),
+        ("arch", Owner::ArmArchitecture),
+        ("oem", Owner::Oem),
+        ("cpu", Owner::Cpu),
+        ("standard-secure", Owner::StandardSecure),
+        ("el3-monitor", Owner::VendorEl3Monitor),
+        ("reserved-10", Owner::Reserved(10)),
+        ("trusted-app-48", Owner::TrustedApplication(48)),
+    ] {
+        for (query, q) in [
+            ("call-count", ServiceQuery::CallCount),
+            ("uid", ServiceQuery::Uid),
+            ("revision", ServiceQuery::Revision),
+        ] {
+            seeds.push(Seed::new(
+                t,
+                format!("query-{name}-{query}"),
+                call(q.id(owner).raw(), &[], Conduit::Hvc),
+            ));
+        }
+    }
+    seeds
+}
+
+/// Snapshots of live dispatchers (idle, and after each SDEI sequence seed), the golden
+/// v1.0 file, and damaged copies.
+pub fn sdei_snapshot_seeds() -> Vec<Seed> {
+    let t = "sdei_snapshot_decode";
+    let golden = include_bytes!("../../../../crates/sdei-migration/tests/golden/sdei-v1.0.bin");
+    let mut seeds = vec![Seed::new(t, "golden-v1.0", golden.to_vec())];
+    let idle = Model::new();
+    let idle = sdei_migration::save(idle.dispatcher()).expect("an idle dispatcher saves");
+    seeds.push(Seed::new(t, "idle", idle.clone()));
+    for (name, ops) in sdei_sequence_ops() {
+        let mut model = Model::new();
+        ops.into_iter().for_each(|op| model.step(op));
+        let bytes = sdei_migration::save(model.dispatcher()).expect("a live dispatcher saves");
+        seeds.push(Seed::new(t, format!("after-{name}"), bytes));
+    }
+    seeds.push(Seed::new(t, "empty", Vec::new()));
+    seeds.push(Seed::new(
+        t,
+        "header-only",
+        golden[..sdei_migration::HEADER_LEN].to_vec(),
+    ));
+    seeds.push(Seed::new(
+        t,
+        "truncated",
+        golden[..golden.len() / 2].to_vec(),
+    ));
+    let mut flipped = golden.to_vec();
+    if let Some(byte) = flipped.get_mut(sdei_migration::HEADER_LEN + 3) {
+        *byte ^= 0x10;
+    }
+    seeds.push(Seed::new(t, "payload-bit-flip", flipped));
+    let mut newer = idle.clone();
+    newer[10] = 1; // Minor 1 without the optional-only flag.
+    seeds.push(Seed::new(t, "newer-minor", newer));
+    let payload = &idle[sdei_migration::HEADER_LEN..];
+    let header = |major, minor, flags, payload_len| {
+        let head = sdei_migration::SnapshotHeader {
+            major,
+            minor,
+            flags,
+            payload_len,
+            payload_crc: crc32fast::hash(payload),
+        };
+        [head.to_bytes().as_slice(), payload].concat()
+    };
+    let len = payload.len() as u64;
+    let optional = sdei_migration::FLAG_OPTIONAL_ONLY;
+    seeds.push(Seed::new(
+        t,
+        "newer-minor-optional-only",
+        header(1, 1, optional, len),
+    ));
+    seeds.push(Seed::new(
+        t,
+        "unknown-flags",
+        header(1, 0, 0x8000_0000, len),
+    ));
+    seeds.push(Seed::new(t, "oversized-payload", header(1, 0, 0, 1 << 40)));
+    seeds.push(Seed::new(t, "newer-major", header(2, 0, 0, len)));
+    let mut magic = idle.clone();
+    magic[0] = b'X';
+    seeds.push(Seed::new(t, "bad-magic", magic));
+    seeds.push(Seed::new(t, "short-header", idle[..12].to_vec()));
+    let mut trailing = idle;
+    trailing.push(0);
+    seeds.push(Seed::new(t, "trailing-byte", trailing));
+    seeds
+}
+
+/// A copy of `bytes` with `value` written at payload offset `at` (the target's checksum
+/// fix-up makes the damaged payload reach the decoder).
+fn patched(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let at = mte_memory::snapshot::header::HEADER_LEN + at;
+    out[at..at + value.len()].copy_from_slice(value);
+    out
+}
+
+fn tag_pattern(store: &mut SoftwareTagStore, base: u64, page: u64, seed: u8) {
+    let tags: Vec<u8> = (0..TAGS_PER_PAGE)
+        .map(|i| (i as u8).wrapping_mul(seed) & 0xF)
+        .collect();
+    store
+        .write_tags(GuestAddress(base + page * TAG_PAGE_SIZE), &tags)
+        .expect("the page is inside the store");
+}
+
+/// Full and incremental tag snapshots of [`SoftwareTagStore`]s with and without tags, over
+/// one and several regions, and damaged copies.
+pub fn mte_snapshot_seeds() -> Vec<Seed> {
+    let t = "mte_tag_snapshot_decode";
+    let a = 0x4000_0000u64;
+    let b = 0x8000_0000u64;
+    let one = [(GuestAddress(a), 8 * TAG_PAGE_SIZE)];
+    let two = [
+        (GuestAddress(a), 70 * TAG_PAGE_SIZE),
+        (GuestAddress(b), 3 * TAG_PAGE_SIZE),
+    ];
+    let mut seeds = Vec::new();
+
+    let blank = SoftwareTagStore::new(&one).expect("valid layout");
+    let full_blank = TagSnapshot::capture_full(&blank, &one).expect("capture");
+    seeds.push(Seed::new(t, "full-untagged", full_blank.encode()));
+
+    let mut tagged = SoftwareTagStore::new(&one).expect("valid layout");
+    (0..8).for_each(|p| tag_pattern(&mut tagged, a, p, 3));
+    let full_all = TagSnapshot::capture_full(&tagged, &one).expect("capture");
+    seeds.push(Seed::new(t, "full-all-tagged", full_all.encode()));
+
+    let mut some = SoftwareTagStore::new(&two).expect("valid layout");
+    for p in [0, 5, 64, 69] {
+        tag_pattern(&mut some, a, p, 5);
+    }
+    tag_pattern(&mut some, b, 1, 7);
+    let full_some = TagSnapshot::capture_full(&some, &two).expect("capture");
+    seeds.push(Seed::new(
+        t,
+        "full-two-regions-some-tagged",
+        full_some.encode(),
+    ));
+
+    let mut dirty_a = PageBitmap::new(70);
+    [0, 1, 5, 63, 64]
+        .into_iter()
+        .for_each(|p| dirty_a.insert(p));
+    let dirty_b = PageBitmap::new(3);
+    let incremental =
+        TagSnapshot::capture_dirty(&some, &two, &[dirty_a, dirty_b]).expect("capture");
+    seeds.push(Seed::new(t, "incremental-some-dirty", incremental.encode()));
+
+    let mut every = PageBitmap::new(8);
+    (0..8).for_each(|p| every.insert(p));
+    let incremental_all = TagSnapshot::capture_dirty(&tagged, &one, &[every]).expect("capture");
+    seeds.push(Seed::new(
+        t,
+        "incremental-all-dirty",
+        incremental_all.encode(),
+    ));
+
+    let none = TagSnapshot::capture_dirty(&tagged, &one, &[PageBitmap::new(8)]).expect("capture");
+    seeds.push(Seed::new(t, "incremental-nothing-dirty", none.encode()));
+
+    let zero_regions = TagSnapshot::capture_full(&blank, &[]).expect("capture");
+    seeds.push(Seed::new(t, "no-regions", zero_regions.encode()));
+
+    let good = full_some.encode();
+    seeds.push(Seed::new(t, "empty", Vec::new()));
+    seeds.push(Seed::new(t, "truncated", good[..good.len() / 2].to_vec()));
+    let mut flipped = good.clone();
+    if let Some(byte) = flipped.last_mut() {
+        *byte ^= 0x01;
+    }
+    seeds.push(Seed::new(t, "payload-bit-flip", flipped));
+    let mut newer = good.clone();
+    newer[8] = 2; // Major version 2.
+    seeds.push(Seed::new(t, "newer-major", newer));
+    let header_damage: [(&str, usize, &[u8]); 5] = [
+        ("bad-magic", 0, b"X"),
+        ("newer-minor", 10, &[1]),
+        ("major-zero", 8, &[0]),
+        ("reserved-header", 12, &[1]),
+        ("oversized-payload", 16, &[0, 0, 0, 0, 0, 1]),
+    ];
+    for (name, at, value) in header_damage {
+        let mut bytes = good.clone();
+        bytes[at..at + value.len()].copy_from_slice(value);
+        seeds.push(Seed::new(t, name, bytes));
+    }
+    // Payload offsets: kind 0, reserved 1..4, count 4..8; first region: base 8..16,
+    // pages 16..24, present mode 24, tagged mode 25, reserved 26..32.
+    let all = full_all.encode();
+    let dirty = incremental.encode();
+    let payload_damage: [(&str, &[u8], usize, &[u8]); 12] = [
+        ("unknown-kind", &all, 0, &[7]),
+        ("reserved-payload", &all, 1, &[1]),
+        ("too-many-regions", &all, 4, &[1, 4, 0, 0]),
+        ("region-unaligned", &all, 8, &[1]),
+        ("region-empty", &all, 16, &[0]),
+        ("region-too-large", &all, 16, &[0, 0, 0, 0x80]),
+        (
+            "region-wraps",
+            &all,
+            8,
+            &[0, 0xF0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+        ),
+        ("unknown-set-mode", &all, 24, &[3]),
+        ("reserved-region", &all, 26, &[1]),
+        ("full-partial-region", &dirty, 0, &[0]),
+        ("tagged-not-present", &dirty, 25, &[1]),
+        ("present-empty-tagged", &dirty, 24, &[0]),
+    ];
+    for (name, bytes, at, value) in payload_damage {
+        seeds.push(Seed::new(t, name, patched(bytes, at, value)));
+    }
+    let reversed = [two[1], two[0]];
+    let out_of_order = TagSnapshot::capture_full(&some, &reversed).expect("capture");
+    seeds.push(Seed::new(t, "regions-out-of-order", out_of_order.encode()));
+    let mut trailing = all;
+    trailing.push(0);
+    seeds.push(Seed::new(t, "trailing-byte", trailing));
+    seeds
+}

@@ -1,0 +1,37 @@
+//! The logic of the arm64-vmm fuzz targets, as plain functions that build and run on the
+//! stable toolchain.
+//!
+//! Each cargo-fuzz target in `fuzz/fuzz_targets/` is a one-line call to a `run_<target>`
+//! function here; `tests/corpus.rs` runs the same functions on every committed corpus and
+//! regression input, and [`corpus`] generates the seed corpora from code. A `run_` function
+//! returns normally on any input the code under test handles correctly (errors included) and
+//! panics when an invariant is broken: that is what the fuzzer looks for.
+#![forbid(unsafe_code)]
+
+pub mod corpus;
+pub mod migration;
+pub mod mte;
+pub mod refvmm_api;
+pub mod refvmm_cli;
+pub mod router;
+pub mod sdei;
+
+pub use migration::run_sdei_snapshot_decode;
+pub use mte::run_mte_tag_snapshot_decode;
+pub use refvmm_api::run_refvmm_api;
+pub use refvmm_cli::run_refvmm_cli;
+pub use router::run_smccc_dispatch;
+pub use sdei::run_sdei_sequences;
+
+/// A fuzz target: its cargo-fuzz name and the function it runs.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
+pub const TARGETS: [Target; 6] = [
+    ("smccc_dispatch", run_smccc_dispatch),
+    ("sdei_sequences", run_sdei_sequences),
+    ("sdei_snapshot_decode", run_sdei_snapshot_decode),
+    ("mte_tag_snapshot_decode", run_mte_tag_snapshot_decode),
+    ("refvmm_cli", run_refvmm_cli),
+    ("refvmm_api", run_refvmm_api),
+];

@@ -1,0 +1,158 @@
+//! Target `mte_tag_snapshot_decode`: the MTE tag-snapshot decoder of `mte-memory`.
+//!
+//! Each input is decoded as given and with its header's payload length and CRC32 recomputed
+//! (random bytes rarely carry a valid checksum). A decoded snapshot must re-encode to the
+//! exact input bytes (every field of the format is checked, so the encoding is canonical).
+//! A small one is also restored into a [`SoftwareTagStore`]: pages it does not tag must read
+//! back as zero tags, and capturing the restored pages and restoring that capture elsewhere
+//! must give the same tags.
+
+use mte_memory::snapshot::header::HEADER_LEN;
+use mte_memory::{PageBitmap, SnapshotKind, SoftwareTagStore, TagSnapshot, TagStore};
+use mte_memory::{TAGS_PER_PAGE, TAG_PAGE_SIZE};
+use vm_memory::GuestAddress;
+
+const LEN_AT: usize = 16;
+const CRC_AT: usize = 24;
+/// Largest snapshot (in pages over all regions) that is restored into a store.
+pub const MAX_RESTORED_PAGES: u64 = 1024;
+
+/// `data` with the header's payload length and CRC made to match the payload, or `None` if
+/// it is shorter than a header.
+pub fn with_valid_checksum(data: &[u8]) -> Option<Vec<u8>> {
+    if data.len() < HEADER_LEN {
+        return None;
+    }
+    let mut fixed = data.to_vec();
+    let (head, payload) = fixed.split_at_mut(HEADER_LEN);
+    head[LEN_AT..LEN_AT + 8].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    head[CRC_AT..CRC_AT + 4].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    Some(fixed)
+}
+
+fn regions_of(snapshot: &TagSnapshot) -> Vec<(GuestAddress, u64)> {
+    snapshot
+        .regions()
+        .iter()
+        .map(|r| (r.base(), r.pages() * TAG_PAGE_SIZE))
+        .collect()
+}
+
+fn all_tags(store: &SoftwareTagStore, regions: &[(GuestAddress, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(base, size) in regions {
+        let mut tags = vec![0u8; (size / TAG_PAGE_SIZE) as usize * TAGS_PER_PAGE];
+        store
+            .read_tags(base, &mut tags)
+            .expect("a store reads back its own regions");
+        out.extend_from_slice(&tags);
+    }
+    out
+}
+
+/// Restores `snapshot` into a fresh store and checks it against a capture of that store.
+fn check_restore(snapshot: &TagSnapshot) {
+    let regions = regions_of(snapshot);
+    let mut store = SoftwareTagStore::new(&regions).expect("decoded regions form a valid layout");
+    snapshot
+        .restore(&mut store)
+        .expect("a decoded snapshot restores into a store of its own layout");
+    for (region, &(base, _)) in snapshot.regions().iter().zip(&regions) {
+        let mut tags = vec![0u8; TAGS_PER_PAGE];
+        for page in (0..region.pages()).filter(|p| !region.tagged().contains(*p)) {
+            store
+                .read_tags(GuestAddress(base.0 + page * TAG_PAGE_SIZE), &mut tags)
+                .expect("a store reads back its own regions");
+            assert!(
+                tags.iter().all(|t| *t == 0),
+                "untagged page {page} has tags"
+            );
+        }
+    }
+    let again = match snapshot.kind() {
+        SnapshotKind::Full => TagSnapshot::capture_full(&store, &regions),
+        SnapshotKind::Incremental => {
+            let dirty: Vec<PageBitmap> = snapshot
+                .regions()
+                .iter()
+                .map(|r| {
+                    let mut bits = PageBitmap::new(r.pages());
+                    (0..r.pages())
+                        .filter(|p| r.present().contains(*p))
+                        .for_each(|p| bits.insert(p));
+                    bits
+                })
+                .collect();
+            TagSnapshot::capture_dirty(&store, &regions, &dirty)
+        }
+    }
+    .expect("capturing a store's own regions succeeds");
+    let mut other = SoftwareTagStore::new(&regions).expect("same layout");
+    again.restore(&mut other).expect("a capture restores");
+    assert_eq!(
+        all_tags(&store, &regions),
+        all_tags(&other, &regions),
+        "capture of a restored snapshot restores different tags"
+    );
+}
+
+fn check(data: &[u8]) {
+    let Ok(snapshot) = TagSnapshot::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        snapshot.encode(),
+        data,
+        "a decoded snapshot re-encodes differently"
+    );
+    let pages: u64 = snapshot.regions().iter().map(|r| r.pages()).sum();
+    if pages <= MAX_RESTORED_PAGES {
+        check_restore(&snapshot);
+    }
+}
+
+/// Decodes `data` as given and with a valid checksum, checking every snapshot that decodes.
+///
+/// # Panics
+///
+/// If a decoded snapshot re-encodes differently or restores inconsistently.
+pub fn run_mte_tag_snapshot_decode(data: &[u8]) {
+    check(data);
+    if let Some(fixed) = with_valid_checksum(data) {
+        check(&fixed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixing_the_checksum_keeps_a_valid_snapshot_unchanged() {
+        let regions = [(GuestAddress(0x4000_0000), 4 * TAG_PAGE_SIZE)];
+        let store = SoftwareTagStore::new(&regions).unwrap();
+        let bytes = TagSnapshot::capture_full(&store, &regions)
+            .unwrap()
+            .encode();
+
+        let fixed = with_valid_checksum(&bytes).unwrap();
+
+        assert_eq!(fixed, bytes);
+    }
+
+    #[test]
+    fn a_damaged_payload_with_a_fixed_checksum_decodes_past_the_header() {
+        let regions = [(GuestAddress(0x4000_0000), 4 * TAG_PAGE_SIZE)];
+        let store = SoftwareTagStore::new(&regions).unwrap();
+        let mut bytes = TagSnapshot::capture_full(&store, &regions)
+            .unwrap()
+            .encode();
+        bytes[HEADER_LEN] = 7; // Unknown snapshot kind.
+
+        let as_given = TagSnapshot::decode(&bytes).unwrap_err();
+        let fixed = TagSnapshot::decode(&with_valid_checksum(&bytes).unwrap()).unwrap_err();
+
+        assert!(as_given.to_string().contains("checksum"), "{as_given}");
+        assert!(fixed.to_string().contains("kind"), "{fixed}");
+    }
+}

@@ -1,0 +1,153 @@
+//! Target `refvmm_cli`: refvmm's command-line parsing (clap) and its validation into a
+//! `VmConfig`, and the `refvmm ctl` command line.
+//!
+//! Input: arguments separated by newlines (bytes decoded lossily as UTF-8). If the first
+//! argument is `ctl`, the rest is parsed as a `refvmm ctl` command line. In any argument,
+//! the placeholders `@kernel`, `@empty`, `@dir` and `@missing` stand for a readable
+//! non-empty file, an empty file, a directory and a path that does not exist; they are
+//! created once per process under the system temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use clap::Parser;
+use refvmm::config::{parse_size, Cli, CtlCli, VmConfig, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
+use refvmm::layout::CMDLINE_MAX;
+
+/// Most arguments taken from one input.
+pub const MAX_ARGS: usize = 64;
+
+struct Paths {
+    kernel: PathBuf,
+    empty: PathBuf,
+    dir: PathBuf,
+    missing: PathBuf,
+}
+
+fn paths() -> &'static Paths {
+    static PATHS: OnceLock<Paths> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("refvmm-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
+        let kernel = dir.join("Image");
+        let empty = dir.join("empty");
+        std::fs::write(&kernel, b"not really a kernel").expect("temporary file");
+        std::fs::write(&empty, b"").expect("temporary file");
+        Paths {
+            kernel,
+            empty,
+            missing: dir.join("missing"),
+            dir,
+        }
+    })
+}
+
+fn expand(arg: &str) -> String {
+    let p = paths();
+    let show = |path: &Path| path.display().to_string();
+    arg.replace("@kernel", &show(&p.kernel))
+        .replace("@empty", &show(&p.empty))
+        .replace("@dir", &show(&p.dir))
+        .replace("@missing", &show(&p.missing))
+}
+
+/// The arguments an input stands for (placeholders expanded, program name not included).
+pub fn arguments(data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data)
+        .split('\n')
+        .take(MAX_ARGS)
+        .map(expand)
+        .collect()
+}
+
+/// Checks what `VmConfig::try_from` promises of a configuration it accepts.
+fn check_config(cli_memory: &str, config: &VmConfig) {
+    assert!(
+        (MIN_MEMORY..=MAX_MEMORY).contains(&config.memory) && config.memory % (2 << 20) == 0,
+        "accepted memory size {}",
+        config.memory
+    );
+    if config.restore.is_none() {
+        // A restored VM takes its size from the snapshot, not from `--memory`.
+        assert_eq!(parse_size(cli_memory), Ok(config.memory), "memory size");
+    }
+    assert!(
+        (1..=MAX_VCPUS).contains(&config.cpus),
+        "accepted {} vCPUs",
+        config.cpus
+    );
+    assert!(
+        config.cmdline.len() < CMDLINE_MAX,
+        "accepted a too long command line"
+    );
+    assert!(
+        !config.cmdline.contains('\0'),
+        "accepted a NUL in the command line"
+    );
+    let kernel = std::fs::metadata(&config.kernel).expect("an accepted kernel exists");
+    assert!(
+        kernel.is_file() && kernel.len() > 0,
+        "accepted kernel is not a file"
+    );
+    if let Some(initrd) = &config.initrd {
+        assert!(initrd.is_file(), "accepted initrd is not a file");
+    }
+}
+
+/// Parses the input as a refvmm (or `refvmm ctl`) command line and validates it.
+///
+/// # Panics
+///
+/// If clap or the validation panics, or an accepted configuration breaks its documented
+/// bounds.
+pub fn run_refvmm_cli(data: &[u8]) {
+    let args = arguments(data);
+    if args.first().map(String::as_str) == Some("ctl") {
+        if let Ok(ctl) = CtlCli::try_parse_from(
+            std::iter::once("refvmm ctl".to_string()).chain(args.into_iter().skip(1)),
+        ) {
+            assert!(!ctl.request.is_empty(), "ctl accepted no request");
+        }
+        return;
+    }
+    let Ok(cli) = Cli::try_parse_from(std::iter::once("refvmm".to_string()).chain(args)) else {
+        return;
+    };
+    let memory = cli.memory.clone();
+    if let Ok(config) = VmConfig::try_from(cli) {
+        check_config(&memory, &config);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_expand_to_the_prepared_paths() {
+        let args = arguments(b"--kernel\n@kernel\n--initrd=@empty");
+
+        assert_eq!(args[0], "--kernel");
+        assert!(Path::new(&args[1]).is_file());
+        assert!(args[2].starts_with("--initrd=") && args[2].ends_with("empty"));
+    }
+
+    #[test]
+    fn a_minimal_command_line_is_accepted() {
+        let cli = Cli::try_parse_from(
+            std::iter::once("refvmm".to_string()).chain(arguments(b"--kernel\n@kernel")),
+        )
+        .unwrap();
+
+        let config = VmConfig::try_from(cli).unwrap();
+
+        assert_eq!(config.memory, 512 << 20);
+    }
+
+    #[test]
+    fn arguments_are_capped() {
+        let data = "x\n".repeat(MAX_ARGS * 2);
+
+        assert_eq!(arguments(data.as_bytes()).len(), MAX_ARGS);
+    }
+}

@@ -1,0 +1,127 @@
+//! Runs every committed corpus input and regression input through its target's function,
+//! on the stable toolchain, and checks that the committed corpus is the generated one.
+
+use std::path::Path;
+
+use fuzz_common::corpus::{default_dir, regressions_dir, seeds};
+use fuzz_common::sdei::{decode_ops, Model};
+use fuzz_common::TARGETS;
+
+fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, Vec<u8>)> = entries
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            let data = std::fs::read(e.path()).expect("corpus file is readable");
+            (e.file_name().to_string_lossy().into_owned(), data)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_corpus_input_runs_clean() {
+    for (target, run) in TARGETS {
+        let files = inputs(&default_dir().join(target));
+
+        for (name, data) in &files {
+            println!("{target}/{name}");
+            run(data);
+        }
+
+        assert!(
+            files.len() >= 10,
+            "{target}: only {} corpus inputs",
+            files.len()
+        );
+    }
+}
+
+#[test]
+fn every_regression_input_runs_clean() {
+    let mut ran = 0;
+    for (target, run) in TARGETS {
+        for (name, data) in inputs(&regressions_dir().join(target)) {
+            println!("regression {target}/{name}");
+            run(&data);
+            ran += 1;
+        }
+    }
+    println!("ran {ran} regression inputs");
+}
+
+#[test]
+fn committed_corpus_holds_every_generated_seed() {
+    for seed in seeds() {
+        let path = default_dir().join(seed.target).join(&seed.name);
+
+        let committed = std::fs::read(&path);
+
+        assert_eq!(
+            committed.ok().as_deref(),
+            Some(seed.data.as_slice()),
+            "{} is missing or stale: run `cargo run --manifest-path fuzz/Cargo.toml -p fuzz-common --bin gen_corpus`",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn committed_corpus_holds_nothing_but_generated_seeds() {
+    let seeds = seeds();
+    for (target, _) in TARGETS {
+        for (name, _) in inputs(&default_dir().join(target)) {
+            assert!(
+                seeds.iter().any(|s| s.target == target && s.name == name),
+                "{target}/{name} is not a generated seed (fuzzer finds belong in fuzz/work or fuzz/regressions)"
+            );
+        }
+    }
+}
+
+#[test]
+fn sdei_seed_sequences_start_and_complete_handlers() {
+    let mut dispatched = 0;
+    let mut completed = 0;
+
+    for (_, data) in inputs(&default_dir().join("sdei_sequences")) {
+        let mut model = Model::new();
+        for op in decode_ops(&data) {
+            model.step(op);
+            model.check_invariants();
+        }
+        dispatched += model.dispatched;
+        completed += model.completed;
+    }
+
+    assert!(dispatched >= 10, "seeds started {dispatched} handlers");
+    assert!(completed >= 8, "seeds completed {completed} handlers");
+}
+
+#[test]
+fn decoder_seeds_include_inputs_that_decode() {
+    let decodes = |target: &str, ok: &dyn Fn(&[u8]) -> bool| {
+        inputs(&default_dir().join(target))
+            .iter()
+            .filter(|(_, d)| ok(d))
+            .count()
+    };
+
+    let sdei = decodes("sdei_snapshot_decode", &|d| {
+        sdei_migration::fuzz_decode(d).is_ok()
+    });
+    let mte = decodes("mte_tag_snapshot_decode", &|d| {
+        mte_memory::TagSnapshot::decode(d).is_ok()
+    });
+    let api = decodes("refvmm_api", &|d| {
+        refvmm::api::parse_request(&String::from_utf8_lossy(d)).is_ok()
+    });
+
+    assert!(sdei >= 10, "{sdei} SDEI snapshots decode");
+    assert!(mte >= 5, "{mte} tag snapshots decode");
+    assert!(api >= 4, "{api} API requests parse");
+}
