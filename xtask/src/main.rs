@@ -249,6 +249,19 @@ fn extra_host_checks() -> Vec<Extra> {
             envs: vec![("CARGO_TARGET_DIR", "target/no-std")],
         });
     }
+    if root.join("fuzz/common/Cargo.toml").exists() {
+        v.push(Extra {
+            name: "fuzz corpora as regression tests",
+            args: vec![
+                "test",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "-p",
+                "fuzz-common",
+            ],
+            envs: vec![("CARGO_TARGET_DIR", "target/fuzz-common")],
+        });
+    }
     if root
         .join("crates/mte-memory/tests/loom_tag_init.rs")
         .exists()
