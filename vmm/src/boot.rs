@@ -248,14 +248,16 @@ mod tests {
     }
 
     #[test]
-    fn a_file_without_the_image_magic_is_refused() {
-        let k = write_tmp("notimg", &[0u8; 4096]);
+    fn a_file_without_the_image_magic_is_loaded_raw_at_the_default_offset() {
+        let k = write_tmp("raw", &[0x17, 0, 0, 0x14]);
         let size = 64 << 20;
-        let e = load_images(&mem(size), &cfg(k.clone(), None, size)).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("Cannot load the kernel as an arm64 Image"),
-            "{e}"
+        let m = mem(size);
+        let l = load_images(&m, &cfg(k.clone(), None, size)).unwrap();
+        assert_eq!(l.kind, KernelKind::Raw);
+        assert_eq!(l.entry, layout::RAM_BASE + RAW_LOAD_OFFSET);
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(l.entry)).unwrap(),
+            0x1400_0017
         );
         let _ = std::fs::remove_file(k);
     }

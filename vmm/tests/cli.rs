@@ -3,8 +3,16 @@
 
 use std::process::{Command, Output};
 
+/// The binary under test: `REFVMM_BIN` when set (the emulated machine, where the build tree's
+/// path does not exist), else the one cargo built for this test.
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("REFVMM_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_refvmm").into())
+}
+
 fn refvmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_refvmm"))
+    Command::new(binary())
         .args(args)
         .env("RUST_BACKTRACE", "0")
         .output()

@@ -64,7 +64,11 @@ fn run_json(mut c: Command, test_only: bool) -> Result<Vec<(String, PathBuf)>, F
         if v["reason"] != "compiler-artifact" {
             continue;
         }
-        let wanted = v["profile"]["test"] == true || !test_only;
+        // Test executables, plus the package binaries integration tests run (refvmm).
+        let is_bin = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|x| x == "bin"));
+        let wanted = v["profile"]["test"] == true || !test_only || is_bin;
         if let (Some(exe), true) = (v["executable"].as_str(), wanted) {
             let name = v["target"]["name"].as_str().unwrap_or("bin").to_string();
             found.push((name, PathBuf::from(exe)));

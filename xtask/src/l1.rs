@@ -254,6 +254,9 @@ fn run_native(job: &Job) -> Result<JobResult, Fail> {
     fs::create_dir_all(&dir)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
     for (name, src) in &job.files {
+        if let Some(parent) = dir.join(name).parent() {
+            let _ = fs::create_dir_all(parent);
+        }
         let st = Command::new("cp")
             .arg("-a")
             .arg(src)

@@ -313,6 +313,12 @@ fn cmd_arm64_test_with(
         if !seen.insert(file.clone()) {
             continue;
         }
+        if file == "refvmm" {
+            // The binary the CLI tests run (not a test executable itself).
+            files.push(("bin/refvmm".to_string(), path));
+            script.insert_str(0, "export REFVMM_BIN=\"$(pwd)/bin/refvmm\"\n");
+            continue;
+        }
         files.push((format!("t/{file}"), path));
         let filt = filter.map(|f| format!(" {f}")).unwrap_or_default();
         script.push_str(&format!(

@@ -9,7 +9,8 @@ use common::*;
 use sdei_migration::{fuzz_decode, save, SnapshotError, HEADER_LEN};
 
 fn golden() -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/sdei-v1.0.bin")).unwrap()
+    // Embedded at build time: the test binary also runs where there is no source tree.
+    include_bytes!("golden/sdei-v1.0.bin").to_vec()
 }
 
 #[test]
