@@ -24,6 +24,10 @@ fn cargo() -> Command {
     };
     c.current_dir(workspace_root());
     c.env("CARGO_TARGET_DIR", target_dir());
+    // Line tables only: backtraces keep file and line, and the test executables stay small
+    // enough for the emulated machine's initramfs.
+    c.env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
+    c.env("CARGO_PROFILE_TEST_DEBUG", "line-tables-only");
     c
 }
 

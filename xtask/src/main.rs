@@ -333,7 +333,8 @@ fn cmd_arm64_test_with(
         files,
         script,
         timeout: Duration::from_secs(1200),
-        memory_mib: 2048,
+        // The test executables live in the initramfs (tmpfs: half of RAM).
+        memory_mib: 4096,
         echo: true,
     };
     let res = l1::run(tb, &job)?;
