@@ -75,8 +75,8 @@ pub struct Sdei {
 }
 
 impl Sdei {
-    /// SDEI for vCPUs with these MPIDRs, with refvmm's events declared.
-    pub fn new(mpidrs: &[u64], mte: bool, kicker: Arc<Kicker>) -> Result<Self> {
+    /// The dispatcher configuration for vCPUs with these MPIDRs, with refvmm's events.
+    fn config(mpidrs: &[u64], mte: bool) -> DispatcherConfig {
         let mut cfg = DispatcherConfig::new(mpidrs.len());
         // Affinity fields only (Aff3, Aff2, Aff1, Aff0): bit 31 is RES1, bit 30 and 24 are
         // the U and MT flags, none of which identify a PE.
@@ -90,7 +90,12 @@ impl Sdei {
                 priority,
             })
             .collect();
-        let service = Arc::new(SdeiService::new(cfg).map_err(|e| Error::Config(e.to_string()))?);
+        cfg
+    }
+
+    /// Routes the SDEI function IDs to `service`.
+    fn with_service(service: SdeiService, kicker: Arc<Kicker>) -> Result<Self> {
+        let service = Arc::new(service);
         let mut b: RouterBuilder<Arc<SdeiService>, 4, 8> = RouterBuilder::new();
         b.register(service.clone())
             .map_err(|e| Error::Route(e.to_string()))?;
@@ -101,21 +106,18 @@ impl Sdei {
         })
     }
 
+    /// SDEI for vCPUs with these MPIDRs, with refvmm's events declared.
+    pub fn new(mpidrs: &[u64], mte: bool, kicker: Arc<Kicker>) -> Result<Self> {
+        let service = SdeiService::new(Self::config(mpidrs, mte))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Self::with_service(service, kicker)
+    }
+
     /// SDEI restored from an sdei-migration snapshot taken of a VM with the same vCPUs.
     pub fn restore(mpidrs: &[u64], mte: bool, kicker: Arc<Kicker>, bytes: &[u8]) -> Result<Self> {
-        let fresh = Sdei::new(mpidrs, mte, kicker)?;
-        let config = fresh.service.dispatcher().config().clone();
-        let dispatcher =
-            sdei_migration::load(bytes, config).map_err(|e| Error::Config(e.to_string()))?;
-        let service = Arc::new(SdeiService::from_dispatcher(dispatcher));
-        let mut b: RouterBuilder<Arc<SdeiService>, 4, 8> = RouterBuilder::new();
-        b.register(service.clone())
-            .map_err(|e| Error::Route(e.to_string()))?;
-        Ok(Sdei {
-            service,
-            router: b.build(),
-            kicker: fresh.kicker,
-        })
+        let dispatcher = sdei_migration::load(bytes, Self::config(mpidrs, mte))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Self::with_service(SdeiService::from_dispatcher(dispatcher), kicker)
     }
 
     /// The dispatcher's state in sdei-migration's format.
