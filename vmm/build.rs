@@ -58,6 +58,8 @@ fn symbols() -> BTreeMap<&'static str, u64> {
         ("TCGETS", 0x5401),
         ("TCSETS", 0x5402),
         ("FIONBIO", 0x5421),
+        // asm-generic/fcntl.h.
+        ("F_GETFD", 1),
         // asm-generic/socket.h (SO_RCVTIMEO_OLD: 64-bit time_t already).
         ("SOL_SOCKET", 1),
         ("SO_RCVTIMEO", 20),

@@ -152,3 +152,47 @@ pub fn refvmm() -> Result<PathBuf, Fail> {
         .map(|(_, p)| p)
         .ok_or_else(|| Fail::new("cargo built no refvmm executable"))
 }
+
+/// Source of the freestanding raw-binary test payload, relative to the workspace root.
+const RAW_PAYLOAD_SRC: &str = "vmm/tests/guest/raw_payload";
+
+/// Builds the freestanding aarch64 test payload (`vmm/tests/guest/raw_payload`) and turns it
+/// into the flat binary refvmm loads as a raw kernel; returns the binary's path.
+pub fn raw_payload() -> Result<PathBuf, Fail> {
+    let root = workspace_root();
+    let dir = target_dir().join("raw-payload");
+    let mut c = cargo();
+    c.current_dir(root.join(RAW_PAYLOAD_SRC));
+    c.env("CARGO_TARGET_DIR", &dir);
+    // With the MMU off all data accesses are Device memory, where unaligned accesses fault;
+    // the payload is linked at a fixed address (link.ld).
+    c.env(
+        "RUSTFLAGS",
+        "-C target-feature=+strict-align -C relocation-model=static",
+    );
+    c.args(["build", "--release", "--target", TARGET]);
+    eprintln!("xtask: building the raw test payload for aarch64");
+    let elf = run_json(c, false)?
+        .into_iter()
+        .find(|(n, _)| n == "raw-payload")
+        .map(|(_, p)| p)
+        .ok_or_else(|| Fail::new("cargo built no raw-payload executable"))?;
+    let bin = dir.join("raw-payload.bin");
+    let st = Command::new("aarch64-linux-gnu-objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin)
+        .status()
+        .map_err(|e| {
+            Fail::new(format!(
+                "cannot run aarch64-linux-gnu-objcopy ({e}); install binutils-aarch64-linux-gnu \
+                 (`cargo xtask setup` does)"
+            ))
+        })?;
+    if !st.success() {
+        return Err(Fail::new(format!(
+            "aarch64-linux-gnu-objcopy failed ({st})"
+        )));
+    }
+    Ok(bin)
+}

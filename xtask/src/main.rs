@@ -325,6 +325,14 @@ fn cmd_arm64_test_with(
             "echo \"@@TEST {file}\"\n./{file} --test-threads=2{filt}\nrc=$?\necho \"@@TESTRC {file} $rc\"\n[ $rc = 0 ] || fail=1\n"
         ));
     }
+    if packages.is_empty() || packages.iter().any(|p| p == "refvmm") {
+        // The freestanding payload the raw-binary boot tests run on refvmm.
+        files.push(("bin/raw-payload.bin".to_string(), build::raw_payload()?));
+        script.insert_str(
+            0,
+            "export REFVMM_RAW_PAYLOAD=\"$(pwd)/bin/raw-payload.bin\"\n",
+        );
+    }
     script.push_str("exit $fail\n");
     if files.is_empty() {
         return Err(Fail::new("no aarch64 test executables were built"));

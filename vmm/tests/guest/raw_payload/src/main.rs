@@ -1,0 +1,583 @@
+//! A freestanding aarch64 test payload for refvmm's raw-binary boot path.
+//!
+//! It relies on nothing but the arm64 boot contract refvmm promises for a raw binary: loaded at
+//! RAM base + 0x80000 and entered at its first byte on vCPU 0 with the MMU off and x0 holding
+//! the device tree's address; the other vCPUs off until PSCI CPU_ON; a 16550 UART at
+//! 0x0900_0000 that takes polled writes; PSCI through HVC.
+//!
+//! It reads the device tree (the CPUs, the memory node, `/chosen/bootargs` and the initrd),
+//! checks the expectations written on its command line (`payload.cpus=N`, required, and
+//! `payload.mem=MIB`, optional), reads an unbacked MMIO address, brings every secondary up with
+//! CPU_ON and waits for it to turn itself off again, and prints its verdict on the UART:
+//! `raw-payload: PASS` followed by PSCI SYSTEM_OFF, or `raw-payload: FAIL: <why>` followed by
+//! PSCI SYSTEM_RESET (so refvmm's exit status tells the two apart too).
+//!
+//! With the MMU off every data access is Device memory, where unaligned accesses fault: the
+//! crate is built with `+strict-align`, and device tree reads are byte by byte.
+
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, global_asm};
+use core::panic::PanicInfo;
+use core::ptr::{read_volatile, write_volatile};
+
+/// The UART's base in refvmm's memory map (docs/refvmm.md).
+const UART: usize = 0x0900_0000;
+/// An address below RAM where refvmm maps no device.
+const UNBACKED: usize = 0x0400_0000;
+/// Most vCPUs the payload drives (one stack each, see link.ld).
+const MAX_CPUS: usize = 8;
+
+const PSCI_CPU_OFF: u64 = 0x8400_0002;
+const PSCI_CPU_ON: u64 = 0xC400_0003;
+const PSCI_AFFINITY_INFO: u64 = 0xC400_0004;
+const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
+const PSCI_SYSTEM_RESET: u64 = 0x8400_0009;
+/// AFFINITY_INFO's answer for a core that is off.
+const AFF_OFF: u64 = 1;
+
+// Entry points. Both enable FP/SIMD at EL1 (CPACR_EL1.FPEN) since compiled code may use it, and
+// take a stack from the array the linker script reserves: slot 0 for the boot CPU, slot N for
+// secondary N (its PSCI context id).
+global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+_start:
+    mov     x19, x0
+    mov     x1, #0x300000
+    msr     cpacr_el1, x1
+    isb
+    adrp    x1, __stacks
+    add     x1, x1, :lo12:__stacks
+    add     sp, x1, #0x4000
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+1:  cmp     x1, x2
+    b.hs    2f
+    str     xzr, [x1], #8
+    b       1b
+2:  mov     x0, x19
+    bl      primary_main
+3:  wfi
+    b       3b
+
+    .global secondary_entry
+secondary_entry:
+    mov     x19, x0
+    mov     x1, #0x300000
+    msr     cpacr_el1, x1
+    isb
+    adrp    x1, __stacks
+    add     x1, x1, :lo12:__stacks
+    add     x2, x19, #1
+    lsl     x2, x2, #14
+    add     sp, x1, x2
+    mov     x0, x19
+    bl      secondary_main
+4:  wfi
+    b       4b
+"#
+);
+
+extern "C" {
+    fn secondary_entry();
+}
+
+/// Set to 1 by secondary N once it runs.
+static mut UP: [u32; MAX_CPUS] = [0; MAX_CPUS];
+/// MPIDR_EL1 as read by secondary N.
+static mut SEEN_MPIDR: [u64; MAX_CPUS] = [0; MAX_CPUS];
+
+// ---- UART ----------------------------------------------------------------------------------
+
+fn putc(c: u8) {
+    // SAFETY: the UART's registers are MMIO in refvmm's memory map; LSR is at offset 5 and
+    // bit 5 says the transmit holding register is empty.
+    unsafe {
+        while read_volatile((UART + 5) as *const u8) & 0x20 == 0 {}
+        write_volatile(UART as *mut u8, c);
+    }
+}
+
+fn puts(s: &str) {
+    for &b in s.as_bytes() {
+        putc(b);
+    }
+}
+
+fn put_bytes(b: Bytes) {
+    for i in 0..b.len {
+        putc(b.at(i));
+    }
+}
+
+fn put_hex(mut v: u64) {
+    puts("0x");
+    let mut digits = [0u8; 16];
+    let mut n = 0;
+    loop {
+        digits[n] = b"0123456789abcdef"[(v & 0xf) as usize];
+        n += 1;
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    while n > 0 {
+        n -= 1;
+        putc(digits[n]);
+    }
+}
+
+fn put_dec(mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while n > 0 {
+        n -= 1;
+        putc(digits[n]);
+    }
+}
+
+// ---- PSCI and system registers -------------------------------------------------------------
+
+fn hvc(fid: u64, a1: u64, a2: u64, a3: u64) -> u64 {
+    let r;
+    // SAFETY: an SMCCC call through HVC; every register the callee may change is declared.
+    unsafe {
+        asm!("hvc #0",
+            inout("x0") fid => r, inout("x1") a1 => _, inout("x2") a2 => _,
+            inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+            out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+            out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+            options(nostack));
+    }
+    r
+}
+
+fn counter() -> u64 {
+    let v;
+    // SAFETY: reading the virtual counter has no side effects.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn counter_hz() -> u64 {
+    let v;
+    // SAFETY: reading the counter frequency has no side effects.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn mpidr() -> u64 {
+    let v: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) v, options(nomem, nostack)) };
+    v & 0xff_00ff_ffff
+}
+
+fn fail(why: &str) -> ! {
+    puts("raw-payload: FAIL: ");
+    puts(why);
+    puts("\n");
+    hvc(PSCI_SYSTEM_RESET, 0, 0, 0);
+    halt()
+}
+
+fn halt() -> ! {
+    loop {
+        // SAFETY: waiting for an interrupt that never comes; nothing else to do.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+    }
+}
+
+/// Polls `done` for up to `secs` seconds of the architected counter.
+fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = counter() + secs * counter_hz();
+    while counter() < deadline {
+        if done() {
+            return true;
+        }
+    }
+    done()
+}
+
+// ---- Device tree ---------------------------------------------------------------------------
+
+/// Bytes in guest memory, read one at a time (Device memory: no unaligned accesses).
+#[derive(Clone, Copy)]
+struct Bytes {
+    addr: usize,
+    len: usize,
+}
+
+impl Bytes {
+    fn at(&self, i: usize) -> u8 {
+        // SAFETY: callers stay below `len`, inside the device tree refvmm placed in RAM.
+        unsafe { read_volatile((self.addr + i) as *const u8) }
+    }
+
+    fn eq(&self, s: &[u8]) -> bool {
+        self.len == s.len() && (0..s.len()).all(|i| self.at(i) == s[i])
+    }
+
+    fn starts_with(&self, s: &[u8]) -> bool {
+        self.len >= s.len() && (0..s.len()).all(|i| self.at(i) == s[i])
+    }
+
+    fn be(&self, off: usize, n: usize) -> u64 {
+        (0..n).fold(0u64, |v, i| (v << 8) | u64::from(self.at(off + i)))
+    }
+
+    fn sub(&self, off: usize, len: usize) -> Bytes {
+        Bytes {
+            addr: self.addr + off,
+            len,
+        }
+    }
+}
+
+/// What the payload needs from the device tree.
+struct Facts {
+    bootargs: Option<Bytes>,
+    mpidrs: [u64; MAX_CPUS],
+    cpus: usize,
+    memory: Option<(u64, u64)>,
+    initrd_start: Option<u64>,
+    initrd_end: Option<u64>,
+}
+
+const FDT_BEGIN_NODE: u64 = 1;
+const FDT_END_NODE: u64 = 2;
+const FDT_PROP: u64 = 3;
+const FDT_NOP: u64 = 4;
+const FDT_END: u64 = 9;
+
+fn parse_fdt(addr: usize) -> Facts {
+    let hdr = Bytes { addr, len: 40 };
+    if hdr.be(0, 4) != 0xd00d_feed {
+        fail("no device tree magic at x0");
+    }
+    let total = hdr.be(4, 4) as usize;
+    let fdt = Bytes { addr, len: total };
+    let structs = hdr.be(8, 4) as usize;
+    let strings = hdr.be(12, 4) as usize;
+    let mut f = Facts {
+        bootargs: None,
+        mpidrs: [0; MAX_CPUS],
+        cpus: 0,
+        memory: None,
+        initrd_start: None,
+        initrd_end: None,
+    };
+    // Names of the nodes at depth 1 and 2 of the current path.
+    let mut depth = 0usize;
+    let mut top = Bytes { addr, len: 0 };
+    let mut second = Bytes { addr, len: 0 };
+    let mut off = structs;
+    loop {
+        if off + 4 > total {
+            fail("device tree structure runs past its end");
+        }
+        let token = fdt.be(off, 4);
+        off += 4;
+        match token {
+            FDT_BEGIN_NODE => {
+                let mut n = 0;
+                while off + n < total && fdt.at(off + n) != 0 {
+                    n += 1;
+                }
+                let name = fdt.sub(off, n);
+                depth += 1;
+                if depth == 2 {
+                    top = name;
+                } else if depth == 3 {
+                    second = name;
+                }
+                off = (off + n + 1 + 3) & !3;
+            }
+            FDT_END_NODE => depth = depth.saturating_sub(1),
+            FDT_PROP => {
+                let len = fdt.be(off, 4) as usize;
+                let nameoff = fdt.be(off + 4, 4) as usize;
+                let val = fdt.sub(off + 8, len);
+                off = (off + 8 + len + 3) & !3;
+                let mut n = 0;
+                while strings + nameoff + n < total && fdt.at(strings + nameoff + n) != 0 {
+                    n += 1;
+                }
+                let name = fdt.sub(strings + nameoff, n);
+                prop(&mut f, depth, top, second, name, val);
+            }
+            FDT_NOP => {}
+            FDT_END => break,
+            _ => fail("unknown device tree token"),
+        }
+    }
+    f
+}
+
+fn prop(f: &mut Facts, depth: usize, top: Bytes, second: Bytes, name: Bytes, val: Bytes) {
+    if depth == 2 && top.eq(b"chosen") {
+        if name.eq(b"bootargs") {
+            // The string without its terminating NUL.
+            f.bootargs = Some(val.sub(0, val.len.saturating_sub(1)));
+        } else if name.eq(b"linux,initrd-start") {
+            f.initrd_start = Some(val.be(0, val.len.min(8)));
+        } else if name.eq(b"linux,initrd-end") {
+            f.initrd_end = Some(val.be(0, val.len.min(8)));
+        }
+    } else if depth == 2 && top.starts_with(b"memory") && name.eq(b"reg") && val.len >= 16 {
+        f.memory = Some((val.be(0, 8), val.be(8, 8)));
+    } else if depth == 3 && top.eq(b"cpus") && second.starts_with(b"cpu@") && name.eq(b"reg") {
+        if f.cpus == MAX_CPUS {
+            fail("more CPUs in the device tree than the payload drives");
+        }
+        f.mpidrs[f.cpus] = val.be(0, val.len.min(8));
+        f.cpus += 1;
+    }
+}
+
+/// The decimal value of `key` (e.g. `payload.cpus=`) among the space-separated bootargs.
+fn arg_value(args: Bytes, key: &[u8]) -> Option<u64> {
+    let mut i = 0;
+    while i < args.len {
+        let word_start = i;
+        while i < args.len && args.at(i) != b' ' {
+            i += 1;
+        }
+        let word = args.sub(word_start, i - word_start);
+        if word.starts_with(key) {
+            let digits = word.sub(key.len(), word.len - key.len());
+            if digits.len == 0 {
+                return None;
+            }
+            let mut v = 0u64;
+            for j in 0..digits.len {
+                let d = digits.at(j);
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            }
+            return Some(v);
+        }
+        i += 1;
+    }
+    None
+}
+
+// ---- The checks ----------------------------------------------------------------------------
+
+#[no_mangle]
+extern "C" fn primary_main(fdt_addr: usize) -> ! {
+    puts("raw-payload: hello from cpu 0, device tree at ");
+    put_hex(fdt_addr as u64);
+    puts("\n");
+    let f = parse_fdt(fdt_addr);
+
+    let Some(args) = f.bootargs else {
+        fail("no /chosen/bootargs in the device tree")
+    };
+    puts("raw-payload: bootargs [");
+    put_bytes(args);
+    puts("]\n");
+
+    let Some((base, size)) = f.memory else {
+        fail("no memory node in the device tree")
+    };
+    puts("raw-payload: memory ");
+    put_hex(base);
+    puts(" size ");
+    put_hex(size);
+    puts("\n");
+    if let Some(mib) = arg_value(args, b"payload.mem=") {
+        if size != mib << 20 {
+            fail("the memory node does not describe payload.mem= MiB");
+        }
+    }
+
+    puts("raw-payload: ");
+    put_dec(f.cpus as u64);
+    puts(" cpus in the device tree\n");
+    let Some(want_cpus) = arg_value(args, b"payload.cpus=") else {
+        fail("no payload.cpus= expectation on the command line")
+    };
+    if want_cpus != f.cpus as u64 {
+        puts("raw-payload: expected ");
+        put_dec(want_cpus);
+        puts(" cpus\n");
+        fail("the device tree does not have payload.cpus= CPUs");
+    }
+    if f.mpidrs[0] != mpidr() {
+        fail("the boot CPU's MPIDR is not the first CPU in the device tree");
+    }
+
+    match (f.initrd_start, f.initrd_end) {
+        (Some(start), Some(end)) if end > start => {
+            let img = Bytes {
+                addr: start as usize,
+                len: (end - start) as usize,
+            };
+            puts("raw-payload: initrd ");
+            put_hex(start);
+            puts("..");
+            put_hex(end);
+            puts(" begins [");
+            put_bytes(img.sub(0, img.len.min(16)));
+            puts("]\n");
+        }
+        (None, None) => puts("raw-payload: no initrd\n"),
+        _ => fail("inconsistent initrd properties in /chosen"),
+    }
+
+    // An unbacked MMIO address: reads are zero, writes vanish.
+    // SAFETY: refvmm maps no device here; the accesses trap to the VMM, which answers them.
+    let (first, after) = unsafe {
+        let p = UNBACKED as *mut u32;
+        let first = read_volatile(p);
+        write_volatile(p, 0xdead_beef);
+        (first, read_volatile(p))
+    };
+    puts("raw-payload: unbacked MMIO at ");
+    put_hex(UNBACKED as u64);
+    puts(" reads ");
+    put_hex(u64::from(first));
+    puts(", and ");
+    put_hex(u64::from(after));
+    puts(" after a write\n");
+    if first != 0 || after != 0 {
+        fail("an unbacked MMIO read did not return zero");
+    }
+
+    for i in 1..f.cpus {
+        let target = f.mpidrs[i];
+        let ret = hvc(PSCI_CPU_ON, target, secondary_entry as *const () as usize as u64, i as u64);
+        if ret != 0 {
+            puts("raw-payload: CPU_ON returned ");
+            put_hex(ret);
+            puts("\n");
+            fail("PSCI CPU_ON failed");
+        }
+        // SAFETY: UP[i] is written by secondary i only; volatile reads see its store.
+        if !wait_for(60, || unsafe { read_volatile(&raw const UP[i]) } == 1) {
+            fail("a secondary CPU did not come up");
+        }
+        // SAFETY: written by secondary i before it set UP[i].
+        let seen = unsafe { read_volatile(&raw const SEEN_MPIDR[i]) };
+        if seen != target {
+            fail("a secondary CPU runs with another MPIDR than the device tree says");
+        }
+        if !wait_for(60, || hvc(PSCI_AFFINITY_INFO, target, 0, 0) == AFF_OFF) {
+            fail("a secondary CPU did not turn itself off");
+        }
+        puts("raw-payload: cpu ");
+        put_dec(i as u64);
+        puts(" is off again\n");
+    }
+
+    puts("raw-payload: PASS\n");
+    hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+    fail("PSCI SYSTEM_OFF returned")
+}
+
+#[no_mangle]
+extern "C" fn secondary_main(index: u64) -> ! {
+    let i = index as usize;
+    if i == 0 || i >= MAX_CPUS {
+        fail("a secondary started with a bad context id");
+    }
+    let m = mpidr();
+    puts("raw-payload: cpu ");
+    put_dec(index);
+    puts(" up, mpidr ");
+    put_hex(m);
+    puts("\n");
+    // SAFETY: only this CPU writes its slots; the boot CPU reads them after UP[i] is set (the
+    // data barrier orders the two stores as the boot CPU observes them).
+    unsafe {
+        write_volatile(&raw mut SEEN_MPIDR[i], m);
+        asm!("dsb sy", options(nostack));
+        write_volatile(&raw mut UP[i], 1);
+    }
+    hvc(PSCI_CPU_OFF, 0, 0, 0);
+    fail("PSCI CPU_OFF returned")
+}
+
+#[panic_handler]
+fn panic(_: &PanicInfo) -> ! {
+    fail("panic")
+}
+
+// The compiler may call these for copies and fills; the C library is not linked. Volatile
+// byte accesses keep LLVM from turning the loops back into calls to themselves.
+
+/// # Safety
+/// Standard `memcpy` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
+        unsafe { write_volatile(dst.add(i), read_volatile(src.add(i))) };
+    }
+    dst
+}
+
+/// # Safety
+/// Standard `memmove` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) < (src as usize) {
+        // SAFETY: as for memcpy; copying forwards is safe when dst is below src.
+        return unsafe { memcpy(dst, src, n) };
+    }
+    for i in (0..n).rev() {
+        // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
+        unsafe { write_volatile(dst.add(i), read_volatile(src.add(i))) };
+    }
+    dst
+}
+
+/// # Safety
+/// Standard `memset` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees the range is valid for `n` bytes.
+        unsafe { write_volatile(dst.add(i), c as u8) };
+    }
+    dst
+}
+
+/// # Safety
+/// Standard `memcmp` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
+        let (x, y) = unsafe { (read_volatile(a.add(i)), read_volatile(b.add(i))) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// # Safety
+/// Standard `bcmp` contract.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}
