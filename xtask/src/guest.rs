@@ -75,7 +75,7 @@ while IFS= read -r line; do
 done
 "#;
 
-fn marker<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn marker<'a>(out: &'a str, name: &str) -> Option<&'a str> {
     out.lines()
         .find_map(|l| l.split_once(name).map(|(_, rest)| rest.trim()))
 }
@@ -95,7 +95,7 @@ pub struct Check {
     pub failure: Option<String>,
 }
 
-fn check(name: &str, failure: Option<String>) -> Check {
+pub(crate) fn check(name: &str, failure: Option<String>) -> Check {
     Check {
         name: name.to_string(),
         failure,
@@ -207,7 +207,7 @@ fn threads_filtered(out: &str, expected: &[&str]) -> Option<String> {
 }
 
 /// Keeps a scenario's console output in `target/xtask-logs/<name>.log` for post-mortems.
-fn save_log(name: &str, out: &str) {
+pub(crate) fn save_log(name: &str, out: &str) {
     let dir = crate::util::workspace_root().join("target/xtask-logs");
     if std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(dir.join(format!("{name}.log")), out);

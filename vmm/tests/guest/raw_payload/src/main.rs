@@ -463,7 +463,12 @@ extern "C" fn primary_main(fdt_addr: usize) -> ! {
 
     for i in 1..f.cpus {
         let target = f.mpidrs[i];
-        let ret = hvc(PSCI_CPU_ON, target, secondary_entry as *const () as usize as u64, i as u64);
+        let ret = hvc(
+            PSCI_CPU_ON,
+            target,
+            secondary_entry as *const () as usize as u64,
+            i as u64,
+        );
         if ret != 0 {
             puts("raw-payload: CPU_ON returned ");
             put_hex(ret);
