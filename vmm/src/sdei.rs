@@ -239,6 +239,12 @@ impl HypercallHandler for Sdei {
         }
     }
 
+    fn wants_registers(&self, index: u8) -> bool {
+        self.service
+            .dispatcher()
+            .pending_dispatch(usize::from(index))
+    }
+
     fn before_run(&self, vcpu: &VcpuFd, index: u8) {
         let i = usize::from(index);
         // Deliver while out of KVM_RUN; at most one event per entry (a critical event can

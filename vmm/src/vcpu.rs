@@ -173,6 +173,10 @@ pub trait HypercallHandler: Send + Sync {
 
     /// Called with the vCPU out of `KVM_RUN`, right before it enters again.
     fn before_run(&self, vcpu: &VcpuFd, index: u8);
+
+    /// Whether `before_run` is about to rewrite vCPU `index`'s registers (then an MMIO access
+    /// still open from the last exit is completed first).
+    fn wants_registers(&self, index: u8) -> bool;
 }
 
 thread_local! {
@@ -375,17 +379,54 @@ impl Vcpu {
         res
     }
 
+    /// Lets KVM finish the last exit's MMIO access without entering the guest: `KVM_RUN` with
+    /// `immediate_exit` set completes it, commits the PC and returns EINTR.
+    fn complete_open_exit(&mut self) -> Result<()> {
+        self.fd.set_kvm_immediate_exit(1);
+        let res = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match res {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(Error::Run(self.index, e)),
+            Ok(()) => {
+                log::warn!(
+                    "vCPU {}: KVM_RUN with immediate_exit returned an exit",
+                    self.index
+                );
+                Ok(())
+            }
+        }
+    }
+
     fn run_loop(
         &mut self,
         bus: &MmioBus,
         hypercalls: Option<&Arc<dyn HypercallHandler>>,
         control: &VcpuControl,
     ) -> Result<VcpuStop> {
+        // After an MMIO exit, KVM finishes the access (the loaded value into its register, the
+        // PC past the instruction) only inside the next KVM_RUN. Registers read or rewritten
+        // before that (a snapshot, an SDEI delivery) would see the access half done, and the
+        // late completion would then land on the rewritten state.
+        // So with an access open, nothing touches the registers: what wants them now gets the
+        // access completed first; what starts wanting them later has kicked the vCPU, and the
+        // kick makes the next KVM_RUN complete the access and return at once.
+        let mut mmio_open = false;
         loop {
-            control.checkpoint(usize::from(self.index), &self.fd);
-            if let Some(h) = hypercalls {
-                h.before_run(&self.fd, self.index);
+            if mmio_open
+                && (control.is_paused()
+                    || hypercalls.is_some_and(|h| h.wants_registers(self.index)))
+            {
+                self.complete_open_exit()?;
+                mmio_open = false;
             }
+            if !mmio_open {
+                control.checkpoint(usize::from(self.index), &self.fd);
+                if let Some(h) = hypercalls {
+                    h.before_run(&self.fd, self.index);
+                }
+            }
+            mmio_open = false;
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -395,8 +436,14 @@ impl Vcpu {
                 Err(e) => return Err(Error::Run(self.index, e)),
             };
             match exit {
-                VcpuExit::MmioRead(addr, data) => bus.read(addr, data),
-                VcpuExit::MmioWrite(addr, data) => bus.write(addr, data),
+                VcpuExit::MmioRead(addr, data) => {
+                    bus.read(addr, data);
+                    mmio_open = true;
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    bus.write(addr, data);
+                    mmio_open = true;
+                }
                 VcpuExit::SystemEvent(kind, _) => {
                     return Ok(match kind {
                         KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::Poweroff,

@@ -141,3 +141,97 @@ fn a_wrong_expectation_is_reported_through_the_uart() {
     // The payload asks for a reset when it fails: refvmm's status for a guest reset.
     assert_eq!(r.status, Some(10), "{ctx}");
 }
+
+/// SDEI events (and UART interrupts) raised while the payload makes back-to-back MMIO reads:
+/// most arrive while the vCPU is out of the guest with a read still to complete. Each event
+/// must enter the handler at its first instruction (the payload checks) and print `S`; the
+/// guest must keep running and power off cleanly afterwards.
+#[test]
+fn sdei_events_raised_during_mmio_exits_enter_the_handler_at_its_entry_point() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc::channel;
+
+    let sock = std::env::temp_dir().join(format!("raw-payload-sdei-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let mut child = Command::new(refvmm_bin())
+        .arg("--kernel")
+        .arg(payload())
+        .args(["--memory", "64M", "--cpus", "1", "--sdei", "--api-socket"])
+        .arg(&sock)
+        .args(["--cmdline", "payload.cpus=1 payload.latency=2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start refvmm");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = channel::<u8>();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        while matches!(stdout.read(&mut b), Ok(1)) {
+            if tx.send(b[0]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &[u8], seen: &mut Vec<u8>| -> Result<(), String> {
+        let start = seen.len();
+        loop {
+            if seen[start..].windows(needle.len()).any(|w| w == needle) {
+                return Ok(());
+            }
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(b) => seen.push(b),
+                Err(_) => {
+                    return Err(format!(
+                        "no {:?} within 30 s; output so far:\n{}",
+                        String::from_utf8_lossy(needle),
+                        String::from_utf8_lossy(seen)
+                    ))
+                }
+            }
+        }
+    };
+    let mut outcome = wait_for(b"latency ready\n", &mut seen);
+    for round in 0..200 {
+        if outcome.is_err() {
+            break;
+        }
+        let mut api = UnixStream::connect(&sock).expect("connect to the API socket");
+        api.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        api.write_all(b"sdei-signal 0x1000000 0\n").unwrap();
+        let mut answer = String::new();
+        BufReader::new(api).read_line(&mut answer).unwrap();
+        assert_eq!(answer, "ok pending\n", "round {round}");
+        outcome = wait_for(b"S", &mut seen).map_err(|e| format!("round {round}, SDEI: {e}"));
+        if outcome.is_ok() && round % 4 == 0 {
+            stdin.write_all(b"x").unwrap();
+            outcome = wait_for(b"I", &mut seen).map_err(|e| format!("round {round}, SPI: {e}"));
+        }
+    }
+    if outcome.is_ok() {
+        stdin.write_all(b"q").unwrap();
+        outcome = wait_for(b"raw-payload: PASS\n", &mut seen);
+    }
+    if outcome.is_err() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait for refvmm");
+    let _ = std::fs::remove_file(&sock);
+    let text = String::from_utf8_lossy(&seen);
+    if let Err(e) = outcome {
+        panic!("{e}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+    let marks = text
+        .split_once("latency ready\n")
+        .and_then(|(_, rest)| rest.split_once("\nraw-payload: PASS"))
+        .map(|(marks, _)| marks)
+        .unwrap_or_default();
+    assert_eq!(marks.matches('S').count(), 200, "{text}");
+    assert_eq!(marks.matches('I').count(), 50, "{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}

@@ -4,6 +4,7 @@
 //! cargo xtask setup                 set up the emulated arm64 test bed (root, idempotent)
 //! cargo xtask test                  every test: fmt, clippy, host tests, emulated-arm64 tests
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
+//! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
 //! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot, features
 //! cargo xtask arm64 test [-p PKG]... [FILTER]
 //!                                   only the aarch64 test executables, in the emulated machine
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
             }),
         ["test"] => cmd_test(),
         ["boot"] => cmd_boot(),
+        ["bench"] => cmd_bench(),
         ["scenario", name] => cmd_scenario(name),
         ["arm64", "test", rest @ ..] => {
             let mut packages = Vec::new();
@@ -506,4 +508,60 @@ fn cmd_boot() -> Result<Outcome, Fail> {
     let c = guest::report(&guest::boot(&tb)?);
     println!("{} passed, {} failed", c.passed, c.failed);
     Ok(verdict("guest boot on refvmm", c))
+}
+
+/// Ratio benchmarks in the emulated machine (never part of the test command): a forwarded
+/// hypercall against one KVM answers itself, and SDEI delivery against SPI injection.
+fn cmd_bench() -> Result<Outcome, Fail> {
+    let tb = if l1::native_kvm() {
+        None
+    } else {
+        Some(setup::run()?)
+    };
+    let refvmm = build::refvmm()?;
+    let payload = build::raw_payload()?;
+    let driver = build::vmm_example("sdei_latency")?;
+    let script = "\
+./refvmm --kernel raw-payload.bin --sdei --cpus 1 --memory 64M \
+  --cmdline 'payload.cpus=1 payload.bench=2000' || exit 1
+./sdei_latency ./refvmm ./raw-payload.bin 300 || exit 1
+";
+    let job = l1::Job {
+        files: vec![
+            ("refvmm".into(), refvmm),
+            ("raw-payload.bin".into(), payload),
+            ("sdei_latency".into(), driver),
+        ],
+        script: script.into(),
+        timeout: Duration::from_secs(900),
+        memory_mib: 2048,
+        echo: true,
+    };
+    let res = l1::run(tb.as_ref(), &job)?;
+    let mut psci = 0u64;
+    let mut sdei = 0u64;
+    for line in res.output.lines() {
+        let word = |name: &str| -> Option<u64> {
+            let mut it = line.split_whitespace();
+            it.find(|w| *w == name)?;
+            it.next()?.parse().ok()
+        };
+        if line.contains("raw-payload: bench round") {
+            psci += word("psci_version_ticks").unwrap_or(0);
+            sdei += word("sdei_version_ticks").unwrap_or(0);
+        }
+    }
+    if res.exit != 0 || psci == 0 {
+        return Ok(Outcome::Failed(format!(
+            "the benchmarks did not complete (status {})",
+            res.exit
+        )));
+    }
+    println!(
+        "xtask: bench: forwarded SDEI_VERSION / in-kernel PSCI_VERSION = {:.2} ({} vs {} counter ticks over 5 rounds of 2000 calls each)",
+        sdei as f64 / psci as f64,
+        sdei,
+        psci
+    );
+    Ok(Outcome::Ok)
 }

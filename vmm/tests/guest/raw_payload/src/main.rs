@@ -83,8 +83,79 @@ secondary_entry:
 "#
 );
 
+// The exception vectors (only an IRQ taken at EL1 on SP_EL1 is expected; anything else is
+// reported and fails the run) and the SDEI handler's entry, which completes the event itself.
+// SDEI_EVENT_COMPLETE gives back x0-x17, the PC and PSTATE of the interrupted context; the
+// handler keeps x18-x30 and SP itself (x19-x29 by the procedure call standard).
+global_asm!(
+    r#"
+    .section .text.vectors, "ax"
+    .balign 2048
+    .global vectors
+vectors:
+    .rept 5
+    b       unexpected_entry
+    .balign 128
+    .endr
+    b       irq_entry
+    .balign 128
+    .rept 10
+    b       unexpected_entry
+    .balign 128
+    .endr
+
+irq_entry:
+    sub     sp, sp, #160
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x30, [sp, #144]
+    bl      irq_handler
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x30, [sp, #144]
+    add     sp, sp, #160
+    eret
+
+unexpected_entry:
+    mrs     x0, esr_el1
+    mrs     x1, elr_el1
+    bl      unexpected_exception
+5:  b       5b
+
+    .global sdei_entry
+sdei_entry:
+    mov     x0, #0x5d1
+    sub     sp, sp, #16
+    stp     x18, x30, [sp]
+    bl      sdei_handler
+    ldp     x18, x30, [sp]
+    add     sp, sp, #16
+    movz    x0, #0x0025
+    movk    x0, #0xc400, lsl #16
+    mov     x1, #0
+    hvc     #0
+6:  b       6b
+"#
+);
+
 extern "C" {
     fn secondary_entry();
+    fn sdei_entry();
+    static vectors: u8;
 }
 
 /// Set to 1 by secondary N once it runs.
@@ -162,6 +233,21 @@ fn hvc(fid: u64, a1: u64, a2: u64, a3: u64) -> u64 {
             out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
             out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
             options(nostack));
+    }
+    r
+}
+
+/// An SMCCC call with five arguments, returning x0.
+fn hvc5(fid: u64, a: [u64; 5]) -> u64 {
+    let r;
+    // SAFETY: as for `hvc`.
+    unsafe {
+        asm!("hvc #0",
+            inout("x0") fid => r, inout("x1") a[0] => _, inout("x2") a[1] => _,
+            inout("x3") a[2] => _, inout("x4") a[3] => _, inout("x5") a[4] => _,
+            out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+            out("x12") _, out("x13") _, out("x14") _, out("x15") _, out("x16") _,
+            out("x17") _, options(nostack));
     }
     r
 }
@@ -461,6 +547,13 @@ extern "C" fn primary_main(fdt_addr: usize) -> ! {
         fail("an unbacked MMIO read did not return zero");
     }
 
+    if let Some(n) = arg_value(args, b"payload.bench=") {
+        hypercall_bench(n);
+    }
+    if let Some(mode) = arg_value(args, b"payload.latency=") {
+        latency_mode(mode == 2);
+    }
+
     for i in 1..f.cpus {
         let target = f.mpidrs[i];
         let ret = hvc(
@@ -495,6 +588,180 @@ extern "C" fn primary_main(fdt_addr: usize) -> ! {
     puts("raw-payload: PASS\n");
     hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
     fail("PSCI SYSTEM_OFF returned")
+}
+
+// ---- Benchmarks (run by `cargo xtask bench`, never by tests) -------------------------------
+
+const PSCI_VERSION: u64 = 0x8400_0000;
+const SDEI_VERSION: u64 = 0xC400_0020;
+const SDEI_EVENT_REGISTER: u64 = 0xC400_0021;
+const SDEI_EVENT_ENABLE: u64 = 0xC400_0022;
+const SDEI_PE_UNMASK: u64 = 0xC400_002C;
+/// refvmm's private, normal-priority VMM event (docs/refvmm.md).
+const SDEI_VMM_PRIVATE_NORMAL: u64 = 0x0100_0000;
+
+/// Times `n` PSCI_VERSION calls (answered inside KVM) against `n` SDEI_VERSION calls
+/// (forwarded to refvmm's router and dispatcher), alternating, five rounds; prints the counter
+/// ticks of each loop.
+fn hypercall_bench(n: u64) -> ! {
+    if hvc(SDEI_VERSION, 0, 0, 0) >> 48 != 1 {
+        fail("SDEI_VERSION is not answered by an SDEI 1.x dispatcher (run refvmm with --sdei)");
+    }
+    puts("raw-payload: counter frequency ");
+    put_dec(counter_hz());
+    puts(" Hz\n");
+    for round in 0..5 {
+        let t0 = counter();
+        for _ in 0..n {
+            hvc(PSCI_VERSION, 0, 0, 0);
+        }
+        let t1 = counter();
+        for _ in 0..n {
+            hvc(SDEI_VERSION, 0, 0, 0);
+        }
+        let t2 = counter();
+        puts("raw-payload: bench round ");
+        put_dec(round);
+        puts(" calls ");
+        put_dec(n);
+        puts(" psci_version_ticks ");
+        put_dec(t1 - t0);
+        puts(" sdei_version_ticks ");
+        put_dec(t2 - t1);
+        puts("\n");
+    }
+    puts("raw-payload: PASS\n");
+    hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+    fail("PSCI SYSTEM_OFF returned")
+}
+
+const GICD: usize = 0x0800_0000;
+const GICR0: usize = 0x080A_0000;
+const UART_INTID: usize = 33;
+
+fn mmio_w32(addr: usize, v: u32) {
+    // SAFETY: a GIC or UART register of refvmm's memory map.
+    unsafe { write_volatile(addr as *mut u32, v) }
+}
+
+fn mmio_r32(addr: usize) -> u32 {
+    // SAFETY: a GIC or UART register of refvmm's memory map.
+    unsafe { read_volatile(addr as *const u32) }
+}
+
+/// Latency mode: the UART's receive interrupt (an SPI the VMM injects when input arrives)
+/// and refvmm's private normal SDEI event both end in a handler that prints one character
+/// (`I` and `S`), so a driver on the host can time "input written → `I`" against "event raised
+/// → `S`". A `q` on the UART powers off. `payload.latency=1` idles in WFI between deliveries;
+/// `payload.latency=2` keeps making MMIO reads instead (a stress test of delivery).
+fn latency_mode(busy: bool) -> ! {
+    // Distributor: affinity routing, group 1; the UART's SPI edge-triggered, group 1, to CPU 0.
+    mmio_w32(GICD, (1 << 4) | (1 << 1) | 1);
+    let n = UART_INTID;
+    mmio_w32(
+        GICD + 0x80 + 4 * (n / 32),
+        mmio_r32(GICD + 0x80 + 4 * (n / 32)) | 1 << (n % 32),
+    );
+    let icfg = GICD + 0xC00 + 4 * (n / 16);
+    mmio_w32(icfg, mmio_r32(icfg) | 2 << (2 * (n % 16)));
+    let prio = GICD + 0x400 + (n & !3);
+    mmio_w32(
+        prio,
+        (mmio_r32(prio) & !(0xff << (8 * (n % 4)))) | 0xa0 << (8 * (n % 4)),
+    );
+    mmio_w32(GICD + 0x6000 + 8 * n, 0);
+    mmio_w32(GICD + 0x6000 + 8 * n + 4, 0);
+    mmio_w32(GICD + 0x100 + 4 * (n / 32), 1 << (n % 32));
+    // This CPU's redistributor awake.
+    mmio_w32(GICR0 + 0x14, mmio_r32(GICR0 + 0x14) & !(1 << 1));
+    if !wait_for(5, || mmio_r32(GICR0 + 0x14) & (1 << 2) == 0) {
+        fail("the redistributor stays asleep");
+    }
+    // SAFETY: GICv3 CPU interface set-up (system register interface, priority mask open,
+    // group 1 on) and the vector table; IRQs are still masked in PSTATE.
+    unsafe {
+        asm!(
+            "mrs {t}, S3_0_C12_C12_5", "orr {t}, {t}, #1", "msr S3_0_C12_C12_5, {t}", "isb",
+            "mov {t}, #0xff", "msr S3_0_C4_C6_0, {t}",
+            "mov {t}, #1", "msr S3_0_C12_C12_7, {t}",
+            "msr vbar_el1, {v}", "isb",
+            t = out(reg) _, v = in(reg) &raw const vectors as usize, options(nostack));
+    }
+    // UART: received-data interrupt on (and OUT2, which gates the line on a PC 16550).
+    // SAFETY: UART registers of refvmm's memory map.
+    unsafe {
+        write_volatile((UART + 4) as *mut u8, 0x08);
+        write_volatile((UART + 1) as *mut u8, 0x01);
+    }
+    let ev = SDEI_VMM_PRIVATE_NORMAL;
+    let ret = hvc5(
+        SDEI_EVENT_REGISTER,
+        [ev, sdei_entry as *const () as usize as u64, 0, 0, 0],
+    );
+    if ret != 0 || hvc(SDEI_EVENT_ENABLE, ev, 0, 0) != 0 || hvc(SDEI_PE_UNMASK, 0, 0, 0) != 0 {
+        fail("cannot register, enable and unmask refvmm's SDEI event (run refvmm with --sdei)");
+    }
+    puts("raw-payload: latency ready\n");
+    // SAFETY: unmasking IRQs; the handlers do all the work from here on.
+    unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+    if busy {
+        // Busy: back-to-back MMIO reads, so that events and interrupts mostly arrive while the
+        // vCPU is out of the guest with an access to complete.
+        loop {
+            // SAFETY: an unbacked MMIO address; refvmm answers zero.
+            let v = unsafe { read_volatile(UNBACKED as *const u32) };
+            if v != 0 {
+                fail("an unbacked MMIO read did not return zero");
+            }
+        }
+    }
+    loop {
+        // SAFETY: idle until the next interrupt.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+    }
+}
+
+#[no_mangle]
+extern "C" fn irq_handler() {
+    let iar: u64;
+    // SAFETY: acknowledging the highest-priority pending group 1 interrupt.
+    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) iar, options(nostack)) };
+    if iar as usize == UART_INTID {
+        // SAFETY: UART registers: LSR bit 0 says a byte waits in RBR.
+        while unsafe { read_volatile((UART + 5) as *const u8) } & 1 != 0 {
+            // SAFETY: reading RBR takes the byte that LSR announced.
+            let c = unsafe { read_volatile(UART as *const u8) };
+            if c == b'q' {
+                puts("\nraw-payload: PASS\n");
+                hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+            }
+            putc(b'I');
+        }
+    }
+    if iar < 1020 {
+        // SAFETY: ending the interrupt that was acknowledged.
+        unsafe { asm!("msr S3_0_C12_C12_1, {}", in(reg) iar, options(nostack)) };
+    }
+}
+
+/// The handler's first instruction sets `marker`: entering anywhere else (a VMM that let a
+/// late MMIO completion move the PC past the entry point) is caught here.
+#[no_mangle]
+extern "C" fn sdei_handler(marker: u64) {
+    if marker != 0x5d1 {
+        fail("the SDEI handler was entered past its first instruction");
+    }
+    putc(b'S');
+}
+
+#[no_mangle]
+extern "C" fn unexpected_exception(esr: u64, elr: u64) -> ! {
+    puts("raw-payload: exception ESR ");
+    put_hex(esr);
+    puts(" ELR ");
+    put_hex(elr);
+    puts("\n");
+    fail("unexpected exception")
 }
 
 #[no_mangle]
