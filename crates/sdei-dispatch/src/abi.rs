@@ -151,6 +151,33 @@ impl Function {
         Function::SharedReset,
     ];
 
+    /// How many argument registers (`x1` upwards) the dispatcher reads for this call: what
+    /// DEN0054 defines for it, less arguments whose value does not change the outcome
+    /// (`SDEI_EVENT_COMPLETE`'s status). Reading no more keeps a forwarded call cheap when
+    /// every register read is an ioctl.
+    pub const fn arg_count(self) -> usize {
+        match self {
+            Function::Version
+            | Function::EventComplete
+            | Function::PeMask
+            | Function::PeUnmask
+            | Function::PrivateReset
+            | Function::SharedReset => 0,
+            Function::EventEnable
+            | Function::EventDisable
+            | Function::EventContext
+            | Function::EventCompleteAndResume
+            | Function::EventUnregister
+            | Function::EventStatus
+            | Function::InterruptBind
+            | Function::InterruptRelease
+            | Function::Features => 1,
+            Function::EventGetInfo | Function::EventSignal => 2,
+            Function::EventRoutingSet => 3,
+            Function::EventRegister => 5,
+        }
+    }
+
     /// Decodes an SMC64 SDEI function identifier; `None` for anything else, including the
     /// SMC32 aliases and the reserved identifiers 0xC4000033–0xC400003F.
     pub fn decode(function_id: u32) -> Option<Function> {

@@ -113,7 +113,7 @@ impl Dispatcher {
             return Ok(CallOutcome::Returned(NOT_SUPPORTED));
         };
         let mut args = [0u64; 5];
-        for (n, arg) in args.iter_mut().enumerate() {
+        for (n, arg) in args.iter_mut().enumerate().take(function.arg_count()) {
             *arg = regs.x(n + 1).map_err(CallError::Registers)?;
         }
         match self.execute(vcpu, function, args) {

@@ -35,15 +35,13 @@ use hypercall_router::{
 };
 use std::sync::{Mutex, MutexGuard};
 
-/// The function numbers the service answers: SDEI_VERSION (0x20) to SDEI_FEATURES (0x32),
+/// The function numbers the service answers: SDEI_VERSION (0x20) to SDEI_SHARED_RESET (0x32),
 /// SMC64 fast calls of the Standard Secure Service owner. The SMC32 aliases and 0x33–0x3F are
-/// not registered, so a router answers them NOT_SUPPORTED.
-pub const SDEI_RANGES: [FunctionRange; 1] = [FunctionRange::fast(
-    Convention::Smc64,
-    Owner::StandardSecure,
-    0x20,
-    0x32,
-)];
+/// not registered, so a router answers them NOT_SUPPORTED. The router reads no argument
+/// registers for the service: the dispatcher reads, through the register view, just the ones
+/// each call has ([`Function::arg_count`](crate::abi::Function::arg_count)).
+pub const SDEI_RANGES: [FunctionRange; 1] =
+    [FunctionRange::fast(Convention::Smc64, Owner::StandardSecure, 0x20, 0x32).with_arg_count(0)];
 
 /// Control registers a completion call rewrote, for the VMM to apply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -280,5 +278,45 @@ mod tests {
         assert_eq!(w.pc, Some(0x4000));
         assert_eq!(w.pstate, Some(0x3c5));
         assert!(sdei.take_control_writes(0).is_none());
+    }
+
+    /// Records which registers a call read (every read is an ioctl in a VMM).
+    #[derive(Default)]
+    struct Recording {
+        regs: InMemoryRegisters,
+        reads: Vec<u8>,
+    }
+
+    impl hypercall_router::RegisterFile for Recording {
+        type Error = RegisterError;
+        fn read_x(&mut self, n: u8) -> Result<u64, RegisterError> {
+            self.reads.push(n);
+            hypercall_router::RegisterFile::read_x(&mut self.regs, n)
+        }
+        fn write_x(&mut self, n: u8, value: u64) -> Result<(), RegisterError> {
+            hypercall_router::RegisterFile::write_x(&mut self.regs, n, value)
+        }
+    }
+
+    #[test]
+    fn each_call_reads_only_its_own_argument_registers() {
+        let sdei = SdeiService::new(DispatcherConfig::new(1)).unwrap();
+        let r = routed(&sdei);
+        let mut reads_by_call = Vec::new();
+        for f in abi::Function::ALL {
+            let mut regs = Recording::default();
+            regs.regs.x[0] = u64::from(f.id());
+            r.dispatch_raw(
+                &CallContext::new(0, Conduit::Hvc),
+                u64::from(f.id()),
+                &mut regs,
+            )
+            .unwrap();
+            let expected: Vec<u8> = (1..=f.arg_count() as u8).collect();
+            assert_eq!(regs.reads, expected, "{f:?}");
+            reads_by_call.push(regs.reads.len());
+        }
+        // SDEI_VERSION, the call a guest makes most, reads nothing at all.
+        assert_eq!(reads_by_call[0], 0);
     }
 }
