@@ -114,18 +114,26 @@ pub fn test_executables(packages: &[String]) -> Result<Vec<(String, PathBuf)>, F
 
 /// Builds an example of the `refvmm` package (release, static aarch64): a guest-side program.
 pub fn vmm_example(name: &str) -> Result<PathBuf, Fail> {
+    example("refvmm", name, &[])
+}
+
+/// Builds example `name` of `package` (release, static aarch64) with `features`.
+pub fn example(package: &str, name: &str, features: &[&str]) -> Result<PathBuf, Fail> {
     let mut c = cargo();
     c.args([
         "build",
         "--release",
         "-p",
-        "refvmm",
+        package,
         "--example",
         name,
         "--target",
         TARGET,
     ]);
-    eprintln!("xtask: building guest program {name} for aarch64");
+    if !features.is_empty() {
+        c.args(["--features", &features.join(",")]);
+    }
+    eprintln!("xtask: building {package}'s example {name} for aarch64");
     run_json(c, false)?
         .into_iter()
         .find(|(n, _)| n == name)

@@ -521,7 +521,9 @@ fn cmd_bench() -> Result<Outcome, Fail> {
     let refvmm = build::refvmm()?;
     let payload = build::raw_payload()?;
     let driver = build::vmm_example("sdei_latency")?;
+    let forward = build::example("hypercall-router", "kvm_forward_ratio", &["kvm"])?;
     let script = "\
+./kvm_forward_ratio || exit 1
 ./refvmm --kernel raw-payload.bin --sdei --cpus 1 --memory 64M \
   --cmdline 'payload.cpus=1 payload.bench=2000' || exit 1
 ./sdei_latency ./refvmm ./raw-payload.bin 300 || exit 1
@@ -531,6 +533,7 @@ fn cmd_bench() -> Result<Outcome, Fail> {
             ("refvmm".into(), refvmm),
             ("raw-payload.bin".into(), payload),
             ("sdei_latency".into(), driver),
+            ("kvm_forward_ratio".into(), forward),
         ],
         script: script.into(),
         timeout: Duration::from_secs(900),
