@@ -219,6 +219,7 @@ mod tests {
             sdei: false,
             features: Default::default(),
             its: false,
+            pmem: Vec::new(),
             seccomp: SeccompMode::Off,
             api_socket: None,
             restore: None,

@@ -37,7 +37,8 @@ pub struct Cli {
     /// Restore the VM saved in this snapshot directory instead of booting a kernel (the VM's
     /// shape comes from the snapshot; only --seccomp and --api-socket apply).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "kernel", "initrd", "cmdline", "cpus", "memory", "mte", "sdei", "pmu", "sve", "pauth", "its"
+        "kernel", "initrd", "cmdline", "cpus", "memory", "mte", "sdei", "pmu", "sve", "pauth", "its",
+        "pmem"
     ])]
     pub restore: Option<PathBuf>,
 
@@ -80,6 +81,12 @@ pub struct Cli {
     /// Add a GICv3 ITS (MSI controller) to the interrupt controller.
     #[arg(long)]
     pub its: bool,
+
+    /// A virtio-pmem device (repeatable): `file=PATH[,size=SIZE][,readonly=on]` or
+    /// `memfd,size=SIZE`; SIZE a multiple of 2 MiB (K, M, G suffixes). With --mte a file must
+    /// be on tmpfs or hugetlbfs.
+    #[arg(long, value_name = "SPEC")]
+    pub pmem: Vec<String>,
 
     /// Seccomp filters for refvmm's threads.
     #[arg(long, value_enum, default_value_t = SeccompMode::Enforce)]
@@ -136,6 +143,9 @@ pub enum Error {
     /// The command line cannot be passed to the kernel.
     #[error("Kernel command line: {0}")]
     Cmdline(String),
+    /// A `--pmem` device cannot be used.
+    #[error(transparent)]
+    Pmem(#[from] crate::pmem::SpecError),
 }
 
 /// Result of configuration checks.
@@ -173,6 +183,9 @@ pub struct VmConfig {
     pub features: CpuFeatures,
     /// Add a GICv3 ITS.
     pub its: bool,
+    /// virtio-pmem devices, in command-line order (regions placed by
+    /// [`crate::layout::pmem_bases`]).
+    pub pmem: Vec<crate::pmem::PmemConfig>,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
     /// API socket path.
@@ -279,6 +292,7 @@ impl TryFrom<Cli> for VmConfig {
         if cli.cmdline.contains('\0') {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
+        let pmem = crate::pmem::validate_all(&cli.pmem, memory, cli.mte)?;
         Ok(VmConfig {
             kernel,
             initrd: cli.initrd,
@@ -293,6 +307,7 @@ impl TryFrom<Cli> for VmConfig {
                 pauth: cli.pauth,
             },
             its: cli.its,
+            pmem,
             seccomp: cli.seccomp,
             api_socket: cli.api_socket,
             restore: None,
@@ -414,6 +429,46 @@ mod tests {
         let k = kernel_file();
         let e = cli(&["--kernel", k.path_str(), "--seccomp", "maybe"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn pmem_devices_are_validated_in_order() {
+        let k = kernel_file();
+        let c = config(&[
+            "--kernel",
+            k.path_str(),
+            "--pmem",
+            "memfd,size=4M",
+            "--pmem=memfd,size=2M,readonly=on",
+        ])
+        .unwrap();
+        assert_eq!(c.pmem.len(), 2);
+        assert_eq!(c.pmem[0].size, 4 << 20);
+        assert!(c.pmem[1].readonly);
+        assert!(config(&["--kernel", k.path_str()]).unwrap().pmem.is_empty());
+    }
+
+    #[test]
+    fn pmem_errors_reach_the_config() {
+        let k = kernel_file();
+        let e = config(&["--kernel", k.path_str(), "--pmem", "file=/nonexistent/pm"]).unwrap_err();
+        assert_eq!(e.to_string(), "pmem /nonexistent/pm: no such file");
+        let e = config(&["--kernel", k.path_str(), "--pmem", "memfd,size=1M"]).unwrap_err();
+        assert!(e.to_string().contains("multiple of 2 MiB"), "{e}");
+        let e = config(&["--kernel", k.path_str(), "--pmem", "memfd,size=0"]).unwrap_err();
+        assert!(e.to_string().contains("must not be zero"), "{e}");
+        let e = config(&["--kernel", k.path_str(), "--pmem", "disk=/x"]).unwrap_err();
+        assert!(e.to_string().contains("unknown key"), "{e}");
+        let small = tempfile_lite::TempFile::with_contents(&[0; 4096]);
+        let spec = format!("file={},size=2M", small.path_str());
+        let e = config(&["--kernel", k.path_str(), "--pmem", &spec]).unwrap_err();
+        assert!(e.to_string().contains("fewer than size=2097152"), "{e}");
+    }
+
+    #[test]
+    fn pmem_conflicts_with_restore() {
+        let e = cli(&["--restore", "/snap", "--pmem", "memfd,size=2M"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     /// A tiny self-deleting temporary file, to avoid a dependency for tests.

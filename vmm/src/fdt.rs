@@ -235,6 +235,31 @@ mod tests {
     }
 
     #[test]
+    fn virtio_mmio_nodes_describe_window_spi_and_coherency() {
+        assert!(!contains(&build(&base()).unwrap(), b"virtio,mmio"));
+        let (b0, s0) = layout::virtio_slot(0).unwrap();
+        let (b1, s1) = layout::virtio_slot(1).unwrap();
+        let blob = build(&FdtConfig {
+            virtio: vec![(b0, s0), (b1, s1)],
+            ..base()
+        })
+        .unwrap();
+        assert!(contains(&blob, b"virtio_mmio@a000000\0"));
+        assert!(contains(&blob, b"virtio_mmio@a000200\0"));
+        assert!(contains(&blob, b"virtio,mmio\0"));
+        assert!(contains(&blob, b"dma-coherent\0"));
+        let mut reg = Vec::new();
+        reg.extend_from_slice(&b1.to_be_bytes());
+        reg.extend_from_slice(&layout::VIRTIO_SIZE.to_be_bytes());
+        assert!(contains(&blob, &reg));
+        let mut irq = Vec::new();
+        for cell in [GIC_SPI, s1, IRQ_EDGE_RISING] {
+            irq.extend_from_slice(&cell.to_be_bytes());
+        }
+        assert!(contains(&blob, &irq));
+    }
+
+    #[test]
     fn memory_node_describes_exactly_the_ram_asked_for() {
         let blob = build(&base()).unwrap();
         let mut reg = Vec::new();

@@ -2,12 +2,12 @@
 //! through the MTE typestate when the guest has MTE.
 
 use crate::layout;
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use mte_memory::kvm::{MteEnabledVm, MteVm};
 use mte_memory::{SharedGuestMemory, SharedMemoryConfig};
 use std::sync::Arc;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
 
 /// Errors creating or registering guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +36,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The VM fd, with MTE enabled (typestate) or not.
 pub enum VmHandle {
-    /// A VM without MTE, and the memory it maps.
-    Plain(VmFd, Arc<SharedGuestMemory>),
+    /// A VM without MTE, the RAM it maps, and its other mappings (pmem regions), which it
+    /// keeps alive.
+    Plain(VmFd, Arc<SharedGuestMemory>, Vec<Arc<MmapRegion>>),
     /// A VM with MTE enabled (it owns the memory it maps).
     Mte(MteEnabledVm),
 }
@@ -46,7 +47,7 @@ impl VmHandle {
     /// The VM fd.
     pub fn vm(&self) -> &VmFd {
         match self {
-            VmHandle::Plain(vm, _) => vm,
+            VmHandle::Plain(vm, ..) => vm,
             VmHandle::Mte(m) => m.vm(),
         }
     }
@@ -54,8 +55,40 @@ impl VmHandle {
     /// Creates vCPU `id` (for MTE VMs only possible after MTE was enabled, by type).
     pub fn create_vcpu(&self, id: u64) -> std::result::Result<kvm_ioctls::VcpuFd, String> {
         match self {
-            VmHandle::Plain(vm, _) => vm.create_vcpu(id).map_err(|e| e.to_string()),
+            VmHandle::Plain(vm, ..) => vm.create_vcpu(id).map_err(|e| e.to_string()),
             VmHandle::Mte(m) => m.create_vcpu(id).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Registers `mapping` (not RAM: a pmem region) as the next memory slot at `guest_base`,
+    /// read-only for the guest with `readonly`; the VM keeps the mapping alive. Returns the
+    /// slot.
+    pub fn add_mapping(
+        &mut self,
+        guest_base: GuestAddress,
+        mapping: Arc<MmapRegion>,
+        readonly: bool,
+    ) -> Result<u32> {
+        match self {
+            VmHandle::Mte(vm) => vm
+                .register_mapping(guest_base, mapping, readonly)
+                .map_err(Error::Mte),
+            VmHandle::Plain(vm, ram, extra) => {
+                let slot = (ram.memory().num_regions() + extra.len()) as u32;
+                let desc = kvm_userspace_memory_region {
+                    slot,
+                    flags: if readonly { KVM_MEM_READONLY } else { 0 },
+                    guest_phys_addr: guest_base.0,
+                    memory_size: mapping.size() as u64,
+                    userspace_addr: mapping.as_ptr() as u64,
+                };
+                // SAFETY: `mapping` is a live mapping of `memory_size` bytes; pushing it into
+                // this handle keeps it alive for as long as the VM (and so the slot) exists.
+                unsafe { vm.set_user_memory_region(desc) }
+                    .map_err(|source| Error::Slot { slot, source })?;
+                extra.push(mapping);
+                Ok(slot)
+            }
         }
     }
 }
@@ -104,5 +137,5 @@ pub fn create(
         unsafe { vm.set_user_memory_region(desc) }
             .map_err(|source| Error::Slot { slot, source })?;
     }
-    Ok((VmHandle::Plain(vm, mem.clone()), mem))
+    Ok((VmHandle::Plain(vm, mem.clone(), Vec::new()), mem))
 }

@@ -4,6 +4,8 @@ use crate::api::{self, ApiHandler, Request};
 use crate::boot;
 use crate::config::VmConfig;
 use crate::devices::serial::Console;
+use crate::devices::virtio::pmem::PmemDevice;
+use crate::devices::virtio::MmioTransport;
 use crate::devices::MmioBus;
 use crate::eventloop::{self, ExitSignal};
 use crate::fdt::{self, FdtConfig};
@@ -11,6 +13,7 @@ use crate::gic::{self, Gic};
 use crate::layout;
 use crate::memory;
 use crate::memory::VmHandle;
+use crate::pmem::PmemBacking;
 use crate::sandbox::{self, Category, Sandbox};
 use crate::sdei::{self, Sdei};
 use crate::snapshot;
@@ -85,6 +88,9 @@ pub enum Error {
     /// The seccomp filters.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
+    /// A virtio-pmem backing.
+    #[error(transparent)]
+    Pmem(#[from] crate::pmem::Error),
 }
 
 impl Error {
@@ -97,7 +103,8 @@ impl Error {
             | Error::Api(_)
             | Error::Unsupported { .. }
             | Error::Snapshot(_)
-            | Error::Restore(_) => true,
+            | Error::Restore(_)
+            | Error::Pmem(_) => true,
             Error::Memory(memory::Error::Mte(_)) | Error::Memory(memory::Error::Create(_)) => true,
             _ => false,
         }
@@ -171,7 +178,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         Some(dir) => Some(snapshot::Reader::open(dir).map_err(Error::Snapshot)?),
         None => None,
     };
-    let (handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
+    let (mut handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
     log::info!(
         "guest memory ready ({} MiB, MTE {})",
         cfg.memory >> 20,
@@ -262,6 +269,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             what: "console",
             source: std::io::Error::other(e),
         })?;
+    let virtio = add_pmem_devices(cfg, &mut handle, &mem, &mut bus)?;
 
     match (&snapshot, loaded) {
         (Some(r), _) => restore_cpu_and_gic(r, &vcpus, &gic, &mpidrs)?,
@@ -274,7 +282,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
                 sdei: cfg.sdei,
                 pmu: cfg.features.pmu,
                 its: cfg.its,
-                virtio: Vec::new(),
+                virtio,
             })?;
             let fdt_addr = boot::write_fdt(mem.memory(), cfg.memory, &blob)?;
             if let Some(boot_cpu) = vcpus.first() {
@@ -357,6 +365,57 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     Ok(stop)
 }
 
+/// Maps each `--pmem` backing, registers it as a memory slot at its place above RAM, and puts
+/// a virtio-pmem device on the MMIO bus with an irqfd for its SPI; returns the virtio-mmio
+/// slots used, as (base, SPI), for the device tree.
+fn add_pmem_devices(
+    cfg: &VmConfig,
+    handle: &mut VmHandle,
+    mem: &SharedGuestMemory,
+    bus: &mut MmioBus,
+) -> Result<Vec<(u64, u32)>> {
+    let sizes: Vec<u64> = cfg.pmem.iter().map(|p| p.size).collect();
+    let bases = layout::pmem_bases(cfg.memory, &sizes).ok_or_else(|| Error::Device {
+        what: "pmem regions",
+        source: std::io::Error::other("they do not fit below the guest-physical address limit"),
+    })?;
+    let mut slots = Vec::with_capacity(cfg.pmem.len());
+    for (i, (pcfg, base)) in cfg.pmem.iter().zip(bases).enumerate() {
+        let device_err = |source: std::io::Error| Error::Device {
+            what: "virtio-pmem device",
+            source,
+        };
+        let (mmio_base, spi) = layout::virtio_slot(i)
+            .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
+        let backing = PmemBacking::open(pcfg, i, cfg.mte)?;
+        let slot = handle.add_mapping(GuestAddress(base), backing.mapping(), pcfg.readonly)?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
+        handle
+            .vm()
+            .register_irqfd(&irq, spi)
+            .map_err(|e| device_err(std::io::Error::from_raw_os_error(e.errno())))?;
+        log::info!(
+            "pmem{i}: {} (fd {}, {} MiB{}) at {base:#x}, memory slot {slot}, virtio-mmio \
+             {mmio_base:#x} SPI {spi}",
+            backing.describe(),
+            std::os::fd::AsRawFd::as_raw_fd(backing.file().as_ref()),
+            pcfg.size >> 20,
+            if pcfg.readonly { ", read-only" } else { "" },
+        );
+        let device = PmemDevice::new(base, pcfg.size, backing);
+        let transport = MmioTransport::new(device, mem.memory().clone(), Box::new(irq))
+            .map_err(|e| device_err(std::io::Error::other(e)))?;
+        bus.insert(
+            mmio_base,
+            layout::VIRTIO_SIZE,
+            Arc::new(Mutex::new(transport)),
+        )
+        .map_err(|e| device_err(std::io::Error::other(e)))?;
+        slots.push((mmio_base, spi));
+    }
+    Ok(slots)
+}
+
 fn restore_memory(r: &snapshot::Reader, mem: &SharedGuestMemory, cfg: &VmConfig) -> Result<()> {
     use vm_memory::Bytes;
     let c = r
@@ -432,6 +491,9 @@ impl Machine {
     fn snapshot(&self, dir: &std::path::Path) -> std::result::Result<String, String> {
         if self.cfg.its {
             return Err("snapshots of VMs with an ITS are not supported yet".into());
+        }
+        if !self.cfg.pmem.is_empty() {
+            return Err("snapshots of VMs with virtio-pmem devices are not supported yet".into());
         }
         let was_paused = self.control.is_paused();
         let t0 = std::time::Instant::now();

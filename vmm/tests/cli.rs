@@ -51,6 +51,7 @@ fn help_is_available_and_names_every_option() {
         "--sdei",
         "--seccomp",
         "--api-socket",
+        "--pmem",
     ] {
         assert!(out.contains(opt), "--help lacks {opt}");
     }
@@ -131,6 +132,58 @@ fn bad_seccomp_mode_is_a_usage_error() {
         2,
         "--seccomp",
     );
+}
+
+#[test]
+fn missing_pmem_file_is_a_configuration_error() {
+    let k = kernel_stub();
+    assert_clean_failure(
+        &refvmm(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--pmem",
+            "file=/nonexistent/pmem.img",
+        ]),
+        3,
+        "pmem /nonexistent/pmem.img: no such file",
+    );
+}
+
+#[test]
+fn unaligned_pmem_size_is_a_configuration_error() {
+    let k = kernel_stub();
+    assert_clean_failure(
+        &refvmm(&["--kernel", k.to_str().unwrap(), "--pmem", "memfd,size=3M"]),
+        3,
+        "must be a multiple of 2 MiB",
+    );
+}
+
+#[test]
+fn pmem_with_restore_is_a_usage_error() {
+    assert_clean_failure(
+        &refvmm(&["--restore", "/snap", "--pmem", "memfd,size=2M"]),
+        2,
+        "--pmem",
+    );
+}
+
+#[test]
+fn mte_with_a_pmem_file_on_disk_is_refused_before_kvm() {
+    let p = std::env::temp_dir().join(format!("refvmm-cli-pmem-{}", std::process::id()));
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(2 << 20).unwrap();
+    let kind = mte_memory::BackingKind::of_file(&f).unwrap();
+    if !matches!(kind, mte_memory::BackingKind::OtherFile(_)) {
+        let _ = std::fs::remove_file(&p);
+        eprintln!("skipped: the temporary directory is on {kind}, not a disk filesystem");
+        return;
+    }
+    let k = kernel_stub();
+    let spec = format!("file={}", p.display());
+    let o = refvmm(&["--kernel", k.to_str().unwrap(), "--mte", "--pmem", &spec]);
+    let _ = std::fs::remove_file(&p);
+    assert_clean_failure(&o, 3, "cannot hold MTE tags; with --mte use memfd");
 }
 
 #[cfg(target_arch = "aarch64")]

@@ -15,6 +15,7 @@ pub mod refvmm_api;
 pub mod refvmm_cli;
 pub mod router;
 pub mod sdei;
+pub mod virtio_pmem;
 
 pub use migration::run_sdei_snapshot_decode;
 pub use mte::run_mte_tag_snapshot_decode;
@@ -22,16 +23,18 @@ pub use refvmm_api::run_refvmm_api;
 pub use refvmm_cli::run_refvmm_cli;
 pub use router::run_smccc_dispatch;
 pub use sdei::run_sdei_sequences;
+pub use virtio_pmem::run_virtio_pmem;
 
 /// A fuzz target: its cargo-fuzz name and the function it runs.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     ("smccc_dispatch", run_smccc_dispatch),
     ("sdei_sequences", run_sdei_sequences),
     ("sdei_snapshot_decode", run_sdei_snapshot_decode),
     ("mte_tag_snapshot_decode", run_mte_tag_snapshot_decode),
     ("refvmm_cli", run_refvmm_cli),
     ("refvmm_api", run_refvmm_api),
+    ("virtio_pmem", run_virtio_pmem),
 ];

@@ -3,16 +3,17 @@
 //!
 //! Input: arguments separated by newlines (bytes decoded lossily as UTF-8). If the first
 //! argument is `ctl`, the rest is parsed as a `refvmm ctl` command line. In any argument,
-//! the placeholders `@kernel`, `@empty`, `@dir` and `@missing` stand for a readable
-//! non-empty file, an empty file, a directory and a path that does not exist; they are
-//! created once per process under the system temporary directory.
+//! the placeholders `@kernel`, `@empty`, `@dir`, `@missing` and `@pmem` stand for a readable
+//! non-empty file, an empty file, a directory, a path that does not exist and a 2 MiB
+//! (sparse) file; they are created once per process under the system temporary directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use clap::Parser;
 use refvmm::config::{parse_size, Cli, CtlCli, VmConfig, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
-use refvmm::layout::CMDLINE_MAX;
+use refvmm::layout::{pmem_bases, CMDLINE_MAX, PMEM_ALIGN, VIRTIO_SLOTS};
+use refvmm::pmem::PmemSource;
 
 /// Most arguments taken from one input.
 pub const MAX_ARGS: usize = 64;
@@ -22,6 +23,7 @@ struct Paths {
     empty: PathBuf,
     dir: PathBuf,
     missing: PathBuf,
+    pmem: PathBuf,
 }
 
 fn paths() -> &'static Paths {
@@ -33,10 +35,15 @@ fn paths() -> &'static Paths {
         let empty = dir.join("empty");
         std::fs::write(&kernel, b"not really a kernel").expect("temporary file");
         std::fs::write(&empty, b"").expect("temporary file");
+        let pmem = dir.join("pmem");
+        std::fs::File::create(&pmem)
+            .and_then(|f| f.set_len(2 << 20))
+            .expect("temporary file");
         Paths {
             kernel,
             empty,
             missing: dir.join("missing"),
+            pmem,
             dir,
         }
     })
@@ -49,6 +56,7 @@ fn expand(arg: &str) -> String {
         .replace("@empty", &show(&p.empty))
         .replace("@dir", &show(&p.dir))
         .replace("@missing", &show(&p.missing))
+        .replace("@pmem", &show(&p.pmem))
 }
 
 /// The arguments an input stands for (placeholders expanded, program name not included).
@@ -91,6 +99,31 @@ fn check_config(cli_memory: &str, config: &VmConfig) {
     );
     if let Some(initrd) = &config.initrd {
         assert!(initrd.is_file(), "accepted initrd is not a file");
+    }
+    let sizes: Vec<u64> = config.pmem.iter().map(|p| p.size).collect();
+    assert!(
+        sizes.len() <= VIRTIO_SLOTS as usize,
+        "{} pmem devices",
+        sizes.len()
+    );
+    assert!(
+        sizes.iter().all(|&s| s != 0 && s % PMEM_ALIGN == 0),
+        "accepted pmem sizes {sizes:?}"
+    );
+    assert!(
+        pmem_bases(config.memory, &sizes).is_some(),
+        "accepted pmem regions that do not fit"
+    );
+    for p in &config.pmem {
+        if let PmemSource::File(path) = &p.source {
+            let meta = std::fs::metadata(path).expect("an accepted pmem file exists");
+            assert!(
+                meta.is_file() && meta.len() >= p.size,
+                "accepted pmem file {} for {} bytes",
+                path.display(),
+                p.size
+            );
+        }
     }
 }
 

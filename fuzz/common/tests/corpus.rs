@@ -125,3 +125,57 @@ fn decoder_seeds_include_inputs_that_decode() {
     assert!(mte >= 5, "{mte} tag snapshots decode");
     assert!(api >= 4, "{api} API requests parse");
 }
+
+#[test]
+fn virtio_pmem_seeds_flush_answer_and_fail() {
+    use fuzz_common::virtio_pmem::{run_device, HEADER_LEN};
+
+    let reports: Vec<_> = inputs(&default_dir().join("virtio_pmem"))
+        .into_iter()
+        .filter(|(_, d)| d.len() >= HEADER_LEN)
+        .map(|(name, d)| (name, run_device(&d)))
+        .inspect(|(name, r)| println!("virtio_pmem/{name}: {r:?}"))
+        .collect();
+    let count = |f: &dyn Fn(&fuzz_common::virtio_pmem::Report) -> bool| {
+        reports.iter().filter(|(_, r)| f(r)).count()
+    };
+
+    let flushed_ok = count(&|r| r.flushes == 1 && r.answered_ok > 0);
+    let answered_eio = count(&|r| r.answered_eio > 0);
+    let resets = count(&|r| r.needs_reset);
+    let refused = count(&|r| !r.running);
+    let many = count(&|r| r.returned >= 100);
+
+    assert!(flushed_ok >= 5, "{flushed_ok} seeds flush and answer 0");
+    assert!(
+        answered_eio >= 5,
+        "{answered_eio} seeds get an error answer"
+    );
+    assert!(
+        resets >= 2,
+        "{resets} seeds make the device ask for a reset"
+    );
+    assert!(refused >= 4, "{refused} seeds never get the device running");
+    assert_eq!(many, 1, "one seed fills a 256-entry queue");
+}
+
+#[test]
+fn cli_seeds_include_accepted_pmem_devices() {
+    use clap::Parser;
+    use fuzz_common::refvmm_cli::arguments;
+
+    let accepted = inputs(&default_dir().join("refvmm_cli"))
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("pmem-"))
+        .filter_map(|(_, d)| {
+            let cli = refvmm::config::Cli::try_parse_from(
+                std::iter::once("refvmm".to_string()).chain(arguments(&d)),
+            )
+            .ok()?;
+            refvmm::config::VmConfig::try_from(cli).ok()
+        })
+        .map(|c| c.pmem.len())
+        .collect::<Vec<_>>();
+
+    assert_eq!(accepted, vec![1, 2], "pmem seeds accepted, devices each");
+}

@@ -1,6 +1,7 @@
 //! Guest-visible devices and the MMIO bus that routes vCPU MMIO exits to them.
 
 pub mod serial;
+pub mod virtio;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -201,6 +201,7 @@ impl VmShape {
                 pauth: self.pauth,
             },
             its: false,
+            pmem: Vec::new(),
             seccomp,
             api_socket,
             restore: Some(dir.to_path_buf()),

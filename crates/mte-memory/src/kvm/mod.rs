@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_ARM_MTE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
 
 use crate::memory::SharedGuestMemory;
 use crate::snapshot::PageBitmap;
@@ -105,6 +106,7 @@ impl MteVm {
         Ok(MteEnabledVm {
             vm: self.vm,
             memory: Vec::new(),
+            mappings: Vec::new(),
             next_slot: 0,
         })
     }
@@ -113,9 +115,11 @@ impl MteVm {
 /// A VM with MTE enabled: the only type here that creates vCPUs.
 #[derive(Debug)]
 pub struct MteEnabledVm {
-    // Declared before `memory` so the VM (and its slots) goes away before the mappings.
+    // Declared before `memory` and `mappings` so the VM (and its slots) goes away before the
+    // mappings.
     vm: VmFd,
     memory: Vec<Arc<SharedGuestMemory>>,
+    mappings: Vec<Arc<MmapRegion>>,
     next_slot: u32,
 }
 
@@ -167,6 +171,38 @@ impl MteEnabledVm {
         }
         self.memory.push(memory);
         Ok(slots)
+    }
+
+    /// Registers one mapping that is not guest RAM (device memory such as a virtio-pmem
+    /// region) as the next memory slot at `guest_base`, read-only for the guest with
+    /// `readonly`, and keeps the mapping alive as long as the VM; returns the slot.
+    ///
+    /// The mapping must be one KVM accepts for an MTE guest (shmem or hugetlbfs, see
+    /// [`crate::memory::check_backing`]); otherwise KVM refuses the slot and the error names
+    /// the rule.
+    pub fn register_mapping(
+        &mut self,
+        guest_base: GuestAddress,
+        mapping: Arc<MmapRegion>,
+        readonly: bool,
+    ) -> Result<u32> {
+        let slot = self.next_slot;
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags: if readonly { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: guest_base.0,
+            memory_size: mapping.size() as u64,
+            userspace_addr: mapping.as_ptr() as u64,
+        };
+        sys::set_memory_region(&self.vm, desc).map_err(|source| Error::MemorySlot {
+            slot,
+            guest_base: guest_base.0,
+            rule: crate::memory::MTE_BACKING_RULE,
+            source,
+        })?;
+        self.next_slot = slot.checked_add(1).ok_or(Error::SlotsExhausted)?;
+        self.mappings.push(mapping);
+        Ok(slot)
     }
 
     /// A tag store reading and writing this VM's guest tags.

@@ -3,12 +3,13 @@
 //!
 //! Seeds are valid, realistic inputs (real router calls, SDEI sequences that register,
 //! enable, raise, dispatch and complete handlers, snapshots of live dispatchers and tag
-//! stores, accepted command lines and requests) and a few damaged ones, so that the fuzzer
-//! starts deep inside each decoder.
+//! stores, accepted command lines and requests, virtio-pmem queues holding flush requests) and
+//! a few damaged ones, so that the fuzzer starts deep inside each decoder.
 
 mod decoders;
 mod parsers;
 mod sequences;
+mod virtio;
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,7 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(decoders::mte_snapshot_seeds());
     all.extend(parsers::cli_seeds());
     all.extend(parsers::api_seeds());
+    all.extend(virtio::virtio_pmem_seeds());
     all
 }
 

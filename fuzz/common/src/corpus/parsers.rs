@@ -30,8 +30,41 @@ pub fn cli_seeds() -> Vec<Seed> {
         ("ctl-status", "ctl\n--api-socket\n/run/refvmm.sock\nstatus"),
         ("ctl-sdei-signal", "ctl\n--api-socket\n/run/refvmm.sock\nsdei-signal\n0x1000000\n1"),
     ];
+    let pmem: [(&str, &str); 9] = [
+        (
+            "pmem-memfd-and-file",
+            "--kernel\n@kernel\n--pmem\nmemfd,size=4M\n--pmem\nfile=@pmem,readonly=on",
+        ),
+        (
+            "pmem-file-with-size",
+            "--kernel\n@kernel\n--pmem=size=2M,file=@pmem",
+        ),
+        (
+            "pmem-file-too-small",
+            "--kernel\n@kernel\n--pmem\nfile=@pmem,size=4M",
+        ),
+        (
+            "pmem-file-not-whole-granules",
+            "--kernel\n@kernel\n--pmem\nfile=@kernel",
+        ),
+        ("pmem-empty-file", "--kernel\n@kernel\n--pmem\nfile=@empty"),
+        (
+            "pmem-missing-file",
+            "--kernel\n@kernel\n--pmem\nfile=@missing,size=2M",
+        ),
+        ("pmem-directory", "--kernel\n@kernel\n--pmem\nfile=@dir"),
+        (
+            "pmem-unaligned-size",
+            "--kernel\n@kernel\n--pmem\nmemfd,size=3M",
+        ),
+        (
+            "pmem-bad-syntax",
+            "--kernel\n@kernel\n--pmem\nmemfd,size=2M,discard=on,,",
+        ),
+    ];
     let mut seeds: Vec<Seed> = lines
         .into_iter()
+        .chain(pmem)
         .map(|(name, text)| Seed::new("refvmm_cli", name, text))
         .collect();
     let long = format!("--kernel\n@kernel\n--cmdline\n{}", "a".repeat(2048));

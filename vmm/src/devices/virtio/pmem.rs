@@ -1,0 +1,645 @@
+//! The virtio-pmem device (virtio 1.2, 5.19): a region of guest-physical address space backed
+//! by a host file or memfd, which the guest maps as persistent memory, and one request queue
+//! on which the guest asks for its writes to be made durable.
+//!
+//! Configuration space: `start: le64`, `size: le64`, the region's guest-physical address and
+//! size. A request is a device-readable `type: le32` (0: flush); the answer is a
+//! device-writable `ret: le32`, 0 for success and 1 for an I/O error. Everything the driver
+//! puts in the queue is checked: a request that is short, of an unknown type, unreadable, or
+//! placed after the answer's buffer is answered 1; a chain without room for the answer is
+//! returned with nothing written. [`parse_request`] is the pure part, shared with the fuzz
+//! target.
+//!
+//! All chains available at a notification are read first; if any asks for a flush, the
+//! backing is flushed once (it covers every write the guest made before it queued the
+//! requests), and only then are the answers written and the chains returned.
+
+use super::{read_config_bytes, QueueError, VirtioDevice};
+use std::io;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// The virtio device ID of pmem.
+pub const VIRTIO_ID_PMEM: u32 = 27;
+/// Request type: make every earlier write to the region durable.
+pub const REQ_TYPE_FLUSH: u32 = 0;
+/// Answer: done.
+pub const RESP_OK: u32 = 0;
+/// Answer: failed (the guest reports an I/O error).
+pub const RESP_EIO: u32 = 1;
+/// Length of a request and of an answer.
+pub const MESSAGE_LEN: usize = 4;
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// A request the device understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PmemRequest {
+    /// Make the region's contents durable.
+    Flush,
+}
+
+/// Why request bytes are not a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Fewer than 4 bytes.
+    #[error("request of {0} bytes, fewer than 4")]
+    TooShort(usize),
+    /// A type other than flush.
+    #[error("unknown request type {0}")]
+    UnknownType(u32),
+}
+
+/// Parses the device-readable bytes of a request: a little-endian `u32` type, then anything
+/// (ignored).
+pub fn parse_request(bytes: &[u8]) -> Result<PmemRequest, RequestError> {
+    let head: [u8; MESSAGE_LEN] = bytes
+        .get(..MESSAGE_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(RequestError::TooShort(bytes.len()))?;
+    match u32::from_le_bytes(head) {
+        REQ_TYPE_FLUSH => Ok(PmemRequest::Flush),
+        other => Err(RequestError::UnknownType(other)),
+    }
+}
+
+/// Why a descriptor chain does not hold a usable request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The request bytes are not a request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// A device-readable buffer is outside guest RAM.
+    #[error("request buffer at {0:#x} is not in guest RAM")]
+    Unreadable(u64),
+    /// A device-readable buffer follows a device-writable one.
+    #[error("device-readable buffer after a device-writable one")]
+    ReadableAfterWritable,
+}
+
+/// What one descriptor chain asks for, and where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedChain {
+    /// The request, or why there is none.
+    pub request: Result<PmemRequest, ChainError>,
+    /// The first device-writable buffer of at least 4 bytes, if any.
+    pub response: Option<GuestAddress>,
+}
+
+/// Reads the request of `chain` (its first 4 device-readable bytes, gathered across buffers)
+/// and finds the buffer for the answer. Never fails: problems end up in the result.
+pub fn read_chain(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> ParsedChain {
+    let mut request = [0u8; MESSAGE_LEN];
+    let mut got = 0;
+    let mut fault = None;
+    let mut response = None;
+    let mut seen_writable = false;
+    for desc in chain {
+        if desc.is_write_only() {
+            seen_writable = true;
+            if response.is_none() && desc.len() as usize >= MESSAGE_LEN {
+                response = Some(desc.addr());
+            }
+            continue;
+        }
+        if seen_writable {
+            fault.get_or_insert(ChainError::ReadableAfterWritable);
+            continue;
+        }
+        let want = (MESSAGE_LEN - got).min(desc.len() as usize);
+        if want == 0 || fault.is_some() {
+            continue;
+        }
+        match mem.read_slice(&mut request[got..got + want], desc.addr()) {
+            Ok(()) => got += want,
+            Err(_) => {
+                fault = Some(ChainError::Unreadable(desc.addr().0));
+            }
+        }
+    }
+    let request = match fault {
+        Some(f) => Err(f),
+        None => parse_request(&request[..got]).map_err(ChainError::from),
+    };
+    ParsedChain { request, response }
+}
+
+/// What makes a pmem region durable.
+pub trait Flush: Send {
+    /// Writes back everything written to the region and waits until it is durable.
+    fn flush(&self) -> io::Result<()>;
+}
+
+impl Flush for crate::pmem::PmemBacking {
+    fn flush(&self) -> io::Result<()> {
+        crate::pmem::PmemBacking::flush(self).map_err(io::Error::other)
+    }
+}
+
+/// The virtio-pmem device for one region.
+pub struct PmemDevice<F> {
+    config: [u8; 16],
+    backing: F,
+    flushes: u64,
+    failed_requests: u64,
+}
+
+impl<F: Flush> PmemDevice<F> {
+    /// A device for the region at guest-physical `start` of `size` bytes, flushed by `backing`.
+    pub fn new(start: u64, size: u64, backing: F) -> Self {
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&start.to_le_bytes());
+        config[8..].copy_from_slice(&size.to_le_bytes());
+        PmemDevice {
+            config,
+            backing,
+            flushes: 0,
+            failed_requests: 0,
+        }
+    }
+
+    /// The backing.
+    pub fn backing(&self) -> &F {
+        &self.backing
+    }
+
+    /// How many times the backing was flushed.
+    pub fn flushes(&self) -> u64 {
+        self.flushes
+    }
+
+    /// How many requests were answered with an error.
+    pub fn failed_requests(&self) -> u64 {
+        self.failed_requests
+    }
+
+    fn note_failure(&mut self, head: u16, why: &dyn std::fmt::Display) {
+        self.failed_requests += 1;
+        let n = self.failed_requests;
+        if n <= 16 || n % 65536 == 0 {
+            log::debug!("virtio-pmem: request at descriptor {head} failed: {why} ({n} so far)");
+        }
+    }
+}
+
+impl<F: Flush> VirtioDevice for PmemDevice<F> {
+    fn device_id(&self) -> u32 {
+        VIRTIO_ID_PMEM
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<usize, QueueError> {
+        let err = |source| QueueError::Queue { index, source };
+        let chains: Vec<(u16, ParsedChain)> = queue
+            .iter(mem)
+            .map_err(err)?
+            .map(|chain| (chain.head_index(), read_chain(chain, mem)))
+            .collect();
+        let flush = chains
+            .iter()
+            .any(|(_, c)| c.request == Ok(PmemRequest::Flush))
+            .then(|| {
+                self.flushes += 1;
+                self.backing.flush()
+            });
+        if let Some(Err(e)) = &flush {
+            log::warn!("virtio-pmem: flush failed: {e}");
+        }
+        for (head, chain) in &chains {
+            let status = match (&chain.request, &flush) {
+                (Ok(PmemRequest::Flush), Some(Ok(()))) => RESP_OK,
+                (Ok(PmemRequest::Flush), _) => RESP_EIO,
+                (Err(e), _) => {
+                    self.note_failure(*head, e);
+                    RESP_EIO
+                }
+            };
+            let written = match chain.response {
+                Some(addr) => match mem.write_slice(&status.to_le_bytes(), addr) {
+                    Ok(()) => MESSAGE_LEN as u32,
+                    Err(e) => {
+                        self.note_failure(*head, &format!("answer buffer {:#x}: {e}", addr.0));
+                        0
+                    }
+                },
+                None => {
+                    self.note_failure(*head, &"no device-writable buffer of 4 bytes");
+                    0
+                }
+            };
+            queue.add_used(mem, *head, written).map_err(err)?;
+        }
+        Ok(chains.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::mmio::{reg, MmioTransport};
+    use crate::devices::virtio::{status, Interrupt, VIRTIO_F_VERSION_1};
+    use crate::devices::MmioDevice;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const RAM: u64 = 0x4000_0000;
+    const DESC: u64 = RAM;
+    const AVAIL: u64 = RAM + 0x1000;
+    const USED: u64 = RAM + 0x2000;
+    const DATA: u64 = RAM + 0x4000;
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+
+    #[derive(Clone, Default)]
+    struct Counter(Arc<AtomicU32>);
+
+    impl Interrupt for Counter {
+        fn trigger(&self) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Counts flushes; fails them when asked.
+    #[derive(Clone, Default)]
+    struct FakeFlush {
+        calls: Arc<AtomicU64>,
+        fail: bool,
+    }
+
+    impl Flush for FakeFlush {
+        fn flush(&self) -> io::Result<()> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.fail {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn ram() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM), 0x10_0000)]).unwrap()
+    }
+
+    /// A driver's view of the queue: it writes descriptors and rings in guest memory and
+    /// drives the transport's registers as Linux does.
+    struct Driver<F: Flush> {
+        t: MmioTransport<PmemDevice<F>>,
+        mem: GuestMemoryMmap,
+        irq: Counter,
+        avail_idx: u16,
+        size: u16,
+    }
+
+    impl<F: Flush> Driver<F> {
+        fn new(backing: F, size: u16) -> Self {
+            let mem = ram();
+            let irq = Counter::default();
+            let dev = PmemDevice::new(0x1_0000_0000, 2 << 20, backing);
+            let mut d = Driver {
+                t: MmioTransport::new(dev, mem.clone(), Box::new(irq.clone())).unwrap(),
+                mem,
+                irq,
+                avail_idx: 0,
+                size,
+            };
+            d.probe(size);
+            d
+        }
+
+        fn wr(&mut self, off: u64, v: u32) {
+            self.t.write(off, &v.to_le_bytes());
+        }
+
+        fn rd(&mut self, off: u64) -> u32 {
+            let mut b = [0u8; 4];
+            self.t.read(off, &mut b);
+            u32::from_le_bytes(b)
+        }
+
+        fn probe(&mut self, size: u16) {
+            self.size = size;
+            self.wr(reg::STATUS, 0);
+            self.wr(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+            self.wr(reg::DRIVER_FEATURES_SEL, 1);
+            self.wr(reg::DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
+            self.wr(
+                reg::STATUS,
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+            );
+            assert_ne!(self.rd(reg::STATUS) & status::FEATURES_OK, 0);
+            self.wr(reg::QUEUE_SEL, 0);
+            assert_eq!(self.rd(reg::QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+            self.wr(reg::QUEUE_NUM, u32::from(size));
+            self.wr(reg::QUEUE_DESC_LOW, DESC as u32);
+            self.wr(reg::QUEUE_DRIVER_LOW, AVAIL as u32);
+            self.wr(reg::QUEUE_DEVICE_LOW, USED as u32);
+            self.wr(reg::QUEUE_READY, 1);
+            assert_eq!(self.rd(reg::QUEUE_READY), 1);
+            let s = self.rd(reg::STATUS);
+            self.wr(reg::STATUS, s | status::DRIVER_OK);
+        }
+
+        fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..].copy_from_slice(&next.to_le_bytes());
+            self.mem
+                .write_slice(&raw, GuestAddress(DESC + 16 * u64::from(i)))
+                .unwrap();
+        }
+
+        /// Makes the chain starting at `head` available and notifies.
+        fn submit(&mut self, heads: &[u16]) {
+            for &h in heads {
+                let slot = u64::from(self.avail_idx % self.size) * 2;
+                self.mem
+                    .write_obj(h.to_le(), GuestAddress(AVAIL + 4 + slot))
+                    .unwrap();
+                self.avail_idx = self.avail_idx.wrapping_add(1);
+            }
+            self.mem
+                .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL + 2))
+                .unwrap();
+            self.wr(reg::QUEUE_NOTIFY, 0);
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        }
+
+        fn used(&self, n: u16) -> (u32, u32) {
+            let at = USED + 4 + 8 * u64::from(n);
+            (
+                self.mem.read_obj(GuestAddress(at)).unwrap(),
+                self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+            )
+        }
+
+        fn word(&self, addr: u64) -> u32 {
+            self.mem.read_obj(GuestAddress(addr)).unwrap()
+        }
+
+        fn put(&self, addr: u64, v: u32) {
+            self.mem.write_obj(v, GuestAddress(addr)).unwrap();
+        }
+
+        /// A two-descriptor request (type at DATA + 16 * slot, answer 8 bytes after it),
+        /// using descriptors 2 * slot and 2 * slot + 1.
+        fn request(&self, slot: u16, kind: u32) -> (u16, u64) {
+            let req = DATA + 16 * u64::from(slot);
+            self.put(req, kind);
+            self.put(req + 8, 0xdead_beef);
+            self.desc(2 * slot, req, 4, F_NEXT, 2 * slot + 1);
+            self.desc(2 * slot + 1, req + 8, 4, F_WRITE, 0);
+            (2 * slot, req + 8)
+        }
+    }
+
+    #[test]
+    fn parse_request_knows_flush_only() {
+        assert_eq!(parse_request(&[0, 0, 0, 0]), Ok(PmemRequest::Flush));
+        assert_eq!(parse_request(&[0, 0, 0, 0, 9, 9]), Ok(PmemRequest::Flush));
+        assert_eq!(
+            parse_request(&[1, 0, 0, 0]),
+            Err(RequestError::UnknownType(1))
+        );
+        assert_eq!(
+            parse_request(&[0, 0, 0, 0x80]),
+            Err(RequestError::UnknownType(0x8000_0000))
+        );
+        assert_eq!(parse_request(&[0, 0, 0]), Err(RequestError::TooShort(3)));
+        assert_eq!(parse_request(&[]), Err(RequestError::TooShort(0)));
+    }
+
+    #[test]
+    fn config_space_holds_start_and_size_little_endian() {
+        let d = PmemDevice::new(0x1_4000_0000, 0x20_0000, FakeFlush::default());
+        let mut b = [0u8; 16];
+        d.read_config(0, &mut b);
+        assert_eq!(
+            u64::from_le_bytes(b[..8].try_into().unwrap()),
+            0x1_4000_0000
+        );
+        assert_eq!(u64::from_le_bytes(b[8..].try_into().unwrap()), 0x20_0000);
+        let mut w = [0u8; 4];
+        d.read_config(12, &mut w);
+        assert_eq!(w, [0; 4]);
+        d.read_config(14, &mut w);
+        assert_eq!(w, [0; 4]);
+        let mut hi = [0u8; 4];
+        d.read_config(4, &mut hi);
+        assert_eq!(u32::from_le_bytes(hi), 1);
+        assert_eq!(d.device_id(), 27);
+    }
+
+    #[test]
+    fn flush_round_trip_reaches_the_backing_file() {
+        use crate::pmem::{PmemBacking, PmemConfig};
+        use std::io::{Read, Seek, SeekFrom};
+        let path = std::env::temp_dir().join(format!("refvmm-pmem-dev-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let cfg = PmemConfig::from_spec(&format!("file={}", path.display()), false).unwrap();
+        let backing = PmemBacking::open(&cfg, 0, false).unwrap();
+        let mapping = backing.mapping();
+        let mut d = Driver::new(backing, 16);
+
+        // The guest writes to its pmem (the same pages as the host mapping), then flushes.
+        let data = b"written by the guest before a flush";
+        // SAFETY: the mapping is 2 MiB, writable, and kept alive by `mapping`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), mapping.as_ptr().add(0x1000), data.len())
+        };
+        let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
+        d.submit(&[head]);
+
+        assert_eq!(d.used_idx(), 1);
+        assert_eq!(d.used(0), (u32::from(head), 4));
+        assert_eq!(d.word(answer), RESP_OK);
+        assert_eq!(d.t.device().flushes(), 1);
+        assert_eq!(d.irq.0.load(Ordering::Relaxed), 1);
+        assert_eq!(d.rd(reg::INTERRUPT_STATUS), 1);
+
+        let mut f = std::fs::File::open(&path).unwrap();
+        f.seek(SeekFrom::Start(0x1000)).unwrap();
+        let mut back = vec![0u8; data.len()];
+        f.read_exact(&mut back).unwrap();
+        assert_eq!(back, data);
+        drop(d);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn several_flushes_in_one_notification_share_one_flush() {
+        let backing = FakeFlush::default();
+        let mut d = Driver::new(backing.clone(), 16);
+        let a = d.request(0, REQ_TYPE_FLUSH);
+        let b = d.request(1, REQ_TYPE_FLUSH);
+        let c = d.request(2, REQ_TYPE_FLUSH);
+        d.submit(&[a.0, b.0, c.0]);
+        assert_eq!(d.used_idx(), 3);
+        assert_eq!(backing.calls.load(Ordering::Relaxed), 1);
+        for (i, (head, answer)) in [a, b, c].into_iter().enumerate() {
+            assert_eq!(d.used(i as u16), (u32::from(head), 4));
+            assert_eq!(d.word(answer), RESP_OK);
+        }
+        assert_eq!(d.irq.0.load(Ordering::Relaxed), 1);
+        // The next notification flushes again.
+        let e = d.request(3, REQ_TYPE_FLUSH);
+        d.submit(&[e.0]);
+        assert_eq!(backing.calls.load(Ordering::Relaxed), 2);
+        assert_eq!(d.used_idx(), 4);
+    }
+
+    #[test]
+    fn a_failed_flush_is_answered_eio() {
+        let backing = FakeFlush {
+            fail: true,
+            ..Default::default()
+        };
+        let mut d = Driver::new(backing, 8);
+        let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
+        d.submit(&[head]);
+        assert_eq!(d.used(0), (u32::from(head), 4));
+        assert_eq!(d.word(answer), RESP_EIO);
+        assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn unknown_request_type_is_answered_eio_without_a_flush() {
+        let backing = FakeFlush::default();
+        let mut d = Driver::new(backing.clone(), 8);
+        let (head, answer) = d.request(0, 7);
+        d.submit(&[head]);
+        assert_eq!(d.used(0), (u32::from(head), 4));
+        assert_eq!(d.word(answer), RESP_EIO);
+        assert_eq!(backing.calls.load(Ordering::Relaxed), 0);
+        assert_eq!(d.t.device().failed_requests(), 1);
+    }
+
+    #[test]
+    fn a_request_split_across_buffers_is_gathered() {
+        let backing = FakeFlush::default();
+        let mut d = Driver::new(backing.clone(), 8);
+        d.mem.write_slice(&[0, 0], GuestAddress(DATA)).unwrap();
+        d.mem
+            .write_slice(&[0, 0], GuestAddress(DATA + 0x100))
+            .unwrap();
+        d.desc(0, DATA, 2, F_NEXT, 1);
+        d.desc(1, DATA + 0x100, 2, F_NEXT, 2);
+        d.desc(2, DATA + 0x200, 8, F_WRITE, 0);
+        d.put(DATA + 0x200, 0xffff_ffff);
+        d.submit(&[0]);
+        assert_eq!(d.word(DATA + 0x200), RESP_OK);
+        assert_eq!(backing.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn malformed_chains_are_answered_or_returned_without_panicking() {
+        let backing = FakeFlush::default();
+        let mut d = Driver::new(backing.clone(), 16);
+        // 0: a 2-byte request.
+        d.put(DATA, 0);
+        d.desc(0, DATA, 2, F_NEXT, 1);
+        d.desc(1, DATA + 8, 4, F_WRITE, 0);
+        // 2: no device-writable buffer at all.
+        d.put(DATA + 0x20, 0);
+        d.desc(2, DATA + 0x20, 4, 0, 0);
+        // 3: the answer buffer is too small, then a readable buffer after it.
+        d.desc(3, DATA + 0x40, 4, F_NEXT, 4);
+        d.desc(4, DATA + 0x48, 2, F_WRITE | F_NEXT, 5);
+        d.desc(5, DATA + 0x50, 4, F_WRITE | F_NEXT, 6);
+        d.desc(6, DATA + 0x58, 4, F_NEXT, 7);
+        d.desc(7, DATA + 0x60, 4, F_WRITE, 0);
+        d.put(DATA + 0x40, 0);
+        // 8: request outside guest RAM.
+        d.desc(8, 0x10_0000_0000, 4, F_NEXT, 9);
+        d.desc(9, DATA + 0x70, 4, F_WRITE, 0);
+        // 10: a loop: a readable descriptor pointing at itself.
+        d.desc(10, DATA + 0x80, 4, F_NEXT, 10);
+        // 11: answer buffer outside guest RAM.
+        d.put(DATA + 0x90, 0);
+        d.desc(11, DATA + 0x90, 4, F_NEXT, 12);
+        d.desc(12, 0x10_0000_0000, 4, F_WRITE, 0);
+        // 13: next index beyond the table.
+        d.desc(13, DATA + 0xa0, 4, F_NEXT, 999);
+        d.submit(&[0, 2, 3, 8, 10, 11, 13]);
+
+        assert_eq!(d.used_idx(), 7);
+        assert_eq!(d.used(0), (0, 4));
+        assert_eq!(d.word(DATA + 8), RESP_EIO, "short request");
+        assert_eq!(d.used(1), (2, 0), "no answer buffer");
+        assert_eq!(d.used(2), (3, 4));
+        assert_eq!(d.word(DATA + 0x50), RESP_EIO, "readable after writable");
+        assert_eq!(d.used(3), (8, 4));
+        assert_eq!(d.word(DATA + 0x70), RESP_EIO, "unreadable request");
+        assert_eq!(d.used(4), (10, 0), "loop without an answer buffer");
+        assert_eq!(d.used(5), (11, 0), "answer buffer outside RAM");
+        assert_eq!(d.used(6), (13, 0), "chain ends at a bad index");
+        // Chains 2 (no answer buffer), 10 (loop) and 11 held valid flush requests.
+        assert_eq!(backing.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(d.irq.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_head_index_beyond_the_queue_asks_for_a_reset() {
+        let mut d = Driver::new(FakeFlush::default(), 8);
+        d.submit(&[200]);
+        assert_ne!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        // The driver resets and sets the device up again; it works.
+        d.avail_idx = 0;
+        d.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
+        d.mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
+        d.probe(8);
+        let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
+        d.submit(&[head]);
+        assert_eq!(d.word(answer), RESP_OK);
+    }
+
+    #[test]
+    fn indirect_tables_are_followed() {
+        let backing = FakeFlush::default();
+        let mut d = Driver::new(backing.clone(), 8);
+        let table = DATA + 0x1000;
+        let entry = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..].copy_from_slice(&next.to_le_bytes());
+            d.mem
+                .write_slice(&raw, GuestAddress(table + 16 * i))
+                .unwrap();
+        };
+        entry(0, DATA, 4, F_NEXT, 1);
+        entry(1, DATA + 8, 4, F_WRITE, 0);
+        d.put(DATA, 0);
+        d.desc(0, table, 32, 4, 0);
+        d.submit(&[0]);
+        assert_eq!(d.word(DATA + 8), RESP_OK);
+        assert_eq!(backing.calls.load(Ordering::Relaxed), 1);
+    }
+}
