@@ -5,7 +5,7 @@
 //! cargo xtask test                  every test: fmt, clippy, host tests, emulated-arm64 tests
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
 //! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
-//! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot, features
+//! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot, features, pmem
 //! cargo xtask arm64 test [-p PKG]... [FILTER]
 //!                                   only the aarch64 test executables, in the emulated machine
 //! cargo xtask arm64 run [OPTIONS] -- CMD...
@@ -25,6 +25,7 @@ mod features;
 mod guest;
 mod kmod;
 mod l1;
+mod pmem;
 mod setup;
 mod util;
 
@@ -189,6 +190,7 @@ fn cmd_test() -> Result<Outcome, Fail> {
     let mut scenarios = guest::boot(&tb)?;
     scenarios.extend(guest::sdei(&tb)?);
     scenarios.extend(features::features(&tb)?);
+    scenarios.extend(pmem::pmem(&tb)?);
     // The snapshot scenario (`cargo xtask scenario snapshot`) is not part of the test command
     // yet: it has not passed end to end (see the issue tracker note).
     scenarios.extend(guest::seccomp(&tb)?);
@@ -491,9 +493,10 @@ fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
         "snapshot" => guest::snapshot(&tb)?,
         "seccomp" => guest::seccomp(&tb)?,
         "features" => features::features(&tb)?,
+        "pmem" => pmem::pmem(&tb)?,
         other => {
             return Err(Fail::new(format!(
-                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, features)"
+                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, features, pmem)"
             )))
         }
     };

@@ -218,8 +218,10 @@ impl<F: Flush> VirtioDevice for PmemDevice<F> {
                 self.flushes += 1;
                 self.backing.flush()
             });
-        if let Some(Err(e)) = &flush {
-            log::warn!("virtio-pmem: flush failed: {e}");
+        match &flush {
+            Some(Err(e)) => log::warn!("virtio-pmem: flush failed: {e}"),
+            Some(Ok(())) => log::debug!("virtio-pmem: flush {} done", self.flushes),
+            None => {}
         }
         for (head, chain) in &chains {
             let status = match (&chain.request, &flush) {
