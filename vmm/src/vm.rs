@@ -252,23 +252,6 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             what: "console interrupt",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-    let console = match &snapshot {
-        None => Console::new(uart_irq, std::io::stdout()),
-        Some(r) => {
-            let wire: snapshot::SerialWire = snapshot::decode(
-                "console state",
-                &r.read("serial.bin").map_err(Error::Snapshot)?,
-            )
-            .map_err(Error::Snapshot)?;
-            Console::from_wire(uart_irq, std::io::stdout(), &wire).map_err(Error::Restore)?
-        }
-    };
-    let console = Arc::new(Mutex::new(console));
-    bus.insert(layout::UART_BASE, layout::UART_SIZE, console.clone())
-        .map_err(|e| Error::Device {
-            what: "console",
-            source: std::io::Error::other(e),
-        })?;
     let virtio = add_pmem_devices(cfg, &mut handle, &mem, &mut bus)?;
 
     match (&snapshot, loaded) {
@@ -291,6 +274,25 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         }
         (None, None) => {}
     }
+    // The console comes after the GIC: restoring one raises its pending interrupt again, which
+    // the GIC must not wipe with its own restored state.
+    let console = match &snapshot {
+        None => Console::new(uart_irq, std::io::stdout()),
+        Some(r) => {
+            let wire: snapshot::SerialWire = snapshot::decode(
+                "console state",
+                &r.read("serial.bin").map_err(Error::Snapshot)?,
+            )
+            .map_err(Error::Snapshot)?;
+            Console::from_wire(uart_irq, std::io::stdout(), &wire).map_err(Error::Restore)?
+        }
+    };
+    let console = Arc::new(Mutex::new(console));
+    bus.insert(layout::UART_BASE, layout::UART_SIZE, console.clone())
+        .map_err(|e| Error::Device {
+            what: "console",
+            source: std::io::Error::other(e),
+        })?;
     if snapshot.is_some() {
         log::info!("restored from {:?}", cfg.restore);
     }

@@ -644,7 +644,13 @@ pub fn snapshot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
             ("Image".into(), tb.kernel.clone()),
             ("guest.cpio".into(), cpio.clone()),
         ],
-        script: SNAP_L1_SCRIPT.into(),
+        script: match std::env::var("SNAP_EXPERIMENT").as_deref() {
+            Ok("nospin") => SNAP_L1_SCRIPT.replace(
+                "echo 0x1000000 > /sys/module/sdei_test/parameters/spin_event; echo 8000 > /sys/module/sdei_test/parameters/spin_ms; echo @@SPIN-$((1+1))",
+                "echo @@SPIN-$((1+1))",
+            ),
+            _ => SNAP_L1_SCRIPT.into(),
+        },
         timeout: Duration::from_secs(1500),
         memory_mib: 3072,
         echo: true,

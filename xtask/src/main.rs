@@ -4,6 +4,7 @@
 //! cargo xtask setup                 set up the emulated arm64 test bed (root, idempotent)
 //! cargo xtask test                  every test: fmt, clippy, host tests, emulated-arm64 tests
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
+//! cargo xtask fuzz                  every fuzz target for a few seconds (needs cargo-fuzz)
 //! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
 //! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot, features, pmem
 //! cargo xtask arm64 test [-p PKG]... [FILTER]
@@ -22,6 +23,7 @@
 mod build;
 mod cpio;
 mod features;
+mod fuzz;
 mod guest;
 mod kmod;
 mod l1;
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         ["test"] => cmd_test(),
         ["boot"] => cmd_boot(),
         ["bench"] => cmd_bench(),
+        ["fuzz"] => fuzz::smoke().map(|c| verdict("fuzz", c)),
         ["scenario", name] => cmd_scenario(name),
         ["arm64", "test", rest @ ..] => {
             let mut packages = Vec::new();
@@ -181,6 +184,11 @@ fn cmd_test() -> Result<Outcome, Fail> {
             problems.push(extra.name.to_string());
         }
     }
+    let fuzzed = fuzz::smoke()?;
+    if fuzzed.failed > 0 {
+        problems.push("bounded fuzz runs".to_string());
+    }
+    host = host.plus(fuzzed);
     println!("host tests: {} passed, {} failed", host.passed, host.failed);
     let mut arm = cmd_arm64_test_with(Some(&tb), &[], None)?;
     println!(

@@ -57,17 +57,15 @@ impl<W: Write + Send> Console<W> {
             scratch: r[8],
             in_buffer: wire.input.clone(),
         };
-        let pending = r[3] & 1 == 0;
-        let console = Serial::from_state(&state, EventFdTrigger::new(irq), NoEvents, out)
+        // vm-superio raises the interrupt again when the state says one is pending (one
+        // signalled just before the snapshot may still have been on its way into the GIC:
+        // irqfd injection is asynchronous). So build the console only once the GIC holds its
+        // restored state, or the restore of the GIC's pending bits wipes that interrupt, the
+        // UART raises no new one while it is marked pending, and the guest's driver waits for
+        // ever.
+        Serial::from_state(&state, EventFdTrigger::new(irq), NoEvents, out)
             .map(|serial| Console { serial })
-            .map_err(|e| format!("invalid console state: {e:?}"))?;
-        // An interrupt signalled just before the snapshot may still have been on its way into
-        // the GIC (irqfd injection is asynchronous): raise it again if the UART says one is
-        // pending. A driver that finds nothing to do treats it as spurious.
-        if pending {
-            let _ = console.serial.interrupt_evt().trigger();
-        }
-        Ok(console)
+            .map_err(|e| format!("invalid console state: {e:?}"))
     }
 
     /// The registers and input FIFO, for a snapshot.
@@ -155,5 +153,22 @@ mod tests {
         let mut b = [0u8; 1];
         c.read(0, &mut b);
         assert_eq!(b, [b'x']);
+    }
+
+    #[test]
+    fn restoring_a_pending_interrupt_raises_it_once() {
+        let mut c = Console::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Vec::new());
+        c.write(1, &[0x02]); // IER: transmitter-empty interrupt on
+        c.write(0, b"x"); // raises it: IIR now says "THR empty" (bit 0 clear)
+        let mut wire = c.to_wire();
+        assert_eq!(wire.regs[3] & 1, 0);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        Console::from_wire(irq.try_clone().unwrap(), Vec::new(), &wire).unwrap();
+        assert_eq!(irq.read().unwrap(), 1);
+
+        wire.regs[3] = 1; // no interrupt pending
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        Console::from_wire(irq.try_clone().unwrap(), Vec::new(), &wire).unwrap();
+        assert!(irq.read().is_err());
     }
 }
