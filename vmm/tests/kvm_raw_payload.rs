@@ -235,3 +235,142 @@ fn sdei_events_raised_during_mmio_exits_enter_the_handler_at_its_entry_point() {
     assert_eq!(marks.matches('I').count(), 50, "{text}");
     assert_eq!(out.status.code(), Some(0), "{text}");
 }
+
+/// A refvmm running the payload, its console bytes collected by a reader thread.
+struct Running {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<u8>,
+    seen: Vec<u8>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        use std::io::Read;
+        let mut child = Command::new(refvmm_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start refvmm");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            while matches!(stdout.read(&mut b), Ok(1)) {
+                if tx.send(b[0]).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            stdin,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (30 s at most) for `needle` in what arrives from now on.
+    fn wait_for(&mut self, needle: &[u8]) {
+        let start = self.seen.len();
+        while !self.seen[start..]
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            match self.rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(b) => self.seen.push(b),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no {:?} within 30 s; output:\n{}",
+                        String::from_utf8_lossy(needle),
+                        String::from_utf8_lossy(&self.seen)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Everything that has arrived so far, without waiting.
+    fn drain(&mut self) -> String {
+        while let Ok(b) = self.rx.try_recv() {
+            self.seen.push(b);
+        }
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stdin
+            .write_all(bytes)
+            .expect("write to refvmm's stdin");
+    }
+}
+
+fn api(sock: &std::path::Path, request: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).unwrap();
+    answer.trim_end().to_string()
+}
+
+/// A snapshot taken while the guest's SDEI handler runs: the handler finishes on the restored
+/// side, later events and UART interrupts are delivered, and the guest powers off cleanly.
+#[test]
+fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
+    let tmp = std::env::temp_dir().join(format!("raw-payload-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (sock_a, sock_b, dir) = (tmp.join("a.sock"), tmp.join("b.sock"), tmp.join("snap"));
+    let payload = payload();
+    let mut a = Running::start(&[
+        "--kernel",
+        payload.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--cpus",
+        "1",
+        "--sdei",
+        "--api-socket",
+        sock_a.to_str().unwrap(),
+        "--cmdline",
+        "payload.cpus=1 payload.latency=1 payload.sdeispin=8000",
+    ]);
+    a.wait_for(b"latency ready\n");
+    assert_eq!(api(&sock_a, "sdei-signal 0x1000000 0"), "ok pending");
+    a.wait_for(b"s");
+    let snap = api(&sock_a, &format!("snapshot {}", dir.display()));
+    assert!(snap.starts_with("ok snapshot"), "{snap}");
+    let out = a.drain();
+    assert!(
+        !out.ends_with('S'),
+        "the handler finished before the snapshot; the test proves nothing: {out}"
+    );
+    assert_eq!(api(&sock_a, "quit"), "ok quitting");
+    assert_eq!(a.child.wait().unwrap().code(), Some(12));
+
+    let mut b = Running::start(&[
+        "--restore",
+        dir.to_str().unwrap(),
+        "--api-socket",
+        sock_b.to_str().unwrap(),
+    ]);
+    // The handler interrupted by the snapshot finishes its spin and completes.
+    b.wait_for(b"S");
+    // A new event, and a UART interrupt, are delivered on the restored side.
+    assert_eq!(api(&sock_b, "sdei-signal 0x1000000 0"), "ok pending");
+    b.wait_for(b"S");
+    b.send(b"x");
+    b.wait_for(b"I");
+    b.send(b"q");
+    b.wait_for(b"raw-payload: PASS\n");
+    let status = b.child.wait().unwrap().code();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(status, Some(0), "{}", b.drain());
+}

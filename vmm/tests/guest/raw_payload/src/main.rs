@@ -550,6 +550,10 @@ extern "C" fn primary_main(fdt_addr: usize) -> ! {
     if let Some(n) = arg_value(args, b"payload.bench=") {
         hypercall_bench(n);
     }
+    if let Some(ms) = arg_value(args, b"payload.sdeispin=") {
+        // SAFETY: no event is enabled yet; the handler only reads this.
+        unsafe { write_volatile(&raw mut SDEI_SPIN_TICKS, ms * counter_hz() / 1000) };
+    }
     if let Some(mode) = arg_value(args, b"payload.latency=") {
         latency_mode(mode == 2);
     }
@@ -744,12 +748,26 @@ extern "C" fn irq_handler() {
     }
 }
 
+/// How long the SDEI handler busy-waits (`payload.sdeispin=MS`), in counter ticks; 0: not at all.
+static mut SDEI_SPIN_TICKS: u64 = 0;
+
 /// The handler's first instruction sets `marker`: entering anywhere else (a VMM that let a
-/// late MMIO completion move the PC past the entry point) is caught here.
+/// late MMIO completion move the PC past the entry point) is caught here. With
+/// `payload.sdeispin=MS` the first delivery prints `s`, busy-waits MS milliseconds (so that a
+/// snapshot can be taken while it runs), then prints `S`.
 #[no_mangle]
 extern "C" fn sdei_handler(marker: u64) {
     if marker != 0x5d1 {
         fail("the SDEI handler was entered past its first instruction");
+    }
+    // SAFETY: written once by the boot CPU before any event is enabled.
+    let spin = unsafe { read_volatile(&raw const SDEI_SPIN_TICKS) };
+    if spin != 0 {
+        // SAFETY: only this handler writes it after boot; spin on the first delivery only.
+        unsafe { write_volatile(&raw mut SDEI_SPIN_TICKS, 0) };
+        putc(b's');
+        let end = counter() + spin;
+        while counter() < end {}
     }
     putc(b'S');
 }
