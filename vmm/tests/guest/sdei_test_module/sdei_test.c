@@ -35,7 +35,7 @@
 #define SDEI_TEST_MAX_EVENTS	16
 #define SDEI_TEST_RING_SIZE	1024	/* a power of two */
 #define SDEI_TEST_MAX_SPIN_MS	10000
-#define SDEI_TEST_MAX_IRQOFF_MS	10000
+#define SDEI_TEST_MAX_IRQOFF_MS	30000
 #define SDEI_TEST_PRINT_PERIOD_MS 20
 #define SDEI_TEST_UNREGISTER_TRIES 200
 
@@ -302,11 +302,14 @@ static int sdei_test_irqoff_open(struct inode *inode, struct file *file)
 	return single_open(file, sdei_test_irqoff_show, NULL);
 }
 
-/* Writing N masks IRQs on the writer's CPU for N ms. */
+/*
+ * Writing N masks IRQs on the writer's CPU for up to N ms; the window closes
+ * early once an event has been delivered inside it.
+ */
 static ssize_t sdei_test_irqoff_write(struct file *file, const char __user *buf,
 				      size_t count, loff_t *ppos)
 {
-	unsigned int ms, before, seen;
+	unsigned int ms, before, seen, waited;
 	unsigned long flags;
 	int cpu, err;
 
@@ -321,16 +324,20 @@ static ssize_t sdei_test_irqoff_write(struct file *file, const char __user *buf,
 	cpu = smp_processor_id();
 	before = this_cpu_read(cpu_deliveries);
 	this_cpu_write(irqoff_window, 1);
-	mdelay(ms);
+	for (waited = 0; waited < ms; waited++) {
+		if (this_cpu_read(cpu_deliveries) != before)
+			break;
+		mdelay(1);
+	}
 	this_cpu_write(irqoff_window, 0);
 	seen = this_cpu_read(cpu_deliveries) - before;
 	local_irq_restore(flags);
 	last_window_cpu = cpu;
-	last_window_ms = ms;
+	last_window_ms = waited;
 	last_window_deliveries = seen;
 	mutex_unlock(&irqoff_lock);
 
-	pr_info("irqoff cpu=%d ms=%u deliveries=%u\n", cpu, ms, seen);
+	pr_info("irqoff cpu=%d ms=%u deliveries=%u\n", cpu, waited, seen);
 	return count;
 }
 
