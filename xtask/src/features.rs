@@ -2,9 +2,7 @@
 //! authentication, MTE) are what a Linux guest sees — present when asked for, absent when not —
 //! judged from the guest's `/proc/cpuinfo`, its kernel log and its perf devices.
 
-use crate::build;
-use crate::guest::{check, initramfs, marker, save_log, Check};
-use crate::l1::{self, Job};
+use crate::guest::{check, marker, run_guest, Check, GuestRun};
 use crate::setup::Testbed;
 use crate::util::Fail;
 use std::time::Duration;
@@ -82,29 +80,19 @@ type Feature = (&'static str, &'static str, fn(&str) -> Seen);
 
 /// Runs the scenario and returns its checks.
 pub fn features(tb: &Testbed) -> Result<Vec<Check>, Fail> {
-    let refvmm = build::refvmm()?;
-    let work = std::env::temp_dir().join(format!("xtask-features-{}", std::process::id()));
-    std::fs::create_dir_all(&work)
-        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
-    let cpio = work.join("guest.cpio");
-    initramfs(tb, GUEST_INIT, &[], &cpio)?;
-    let job = Job {
-        files: vec![
-            ("refvmm".into(), refvmm),
-            ("Image".into(), tb.kernel.clone()),
-            ("guest.cpio".into(), cpio),
-        ],
-        script: L1_SCRIPT.into(),
-        timeout: Duration::from_secs(900),
-        memory_mib: 2048,
-        echo: true,
-    };
-    let res = l1::run(Some(tb), &job);
-    let _ = std::fs::remove_dir_all(&work);
-    let res = res?;
-    save_log("features", &res.output);
-    let on = run_output(&res.output, "on");
-    let off = run_output(&res.output, "off");
+    let out = run_guest(
+        tb,
+        GuestRun {
+            name: "features",
+            init: GUEST_INIT,
+            files: &[],
+            l1_script: L1_SCRIPT,
+            timeout: Duration::from_secs(900),
+            memory_mib: 2048,
+        },
+    )?;
+    let on = run_output(&out, "on");
+    let off = run_output(&out, "off");
     let mut checks = Vec::new();
     for (name, run) in [("on", &on), ("off", &off)] {
         checks.push(check(

@@ -7,8 +7,7 @@
 //! that bad specifications and a backing an MTE guest cannot use are refused up front.
 
 use crate::build;
-use crate::guest::{check, initramfs, marker, save_log, Check};
-use crate::l1::{self, Job};
+use crate::guest::{check, marker, run_guest, Check, GuestRun};
 use crate::setup::Testbed;
 use crate::util::Fail;
 use std::path::{Path, PathBuf};
@@ -120,9 +119,8 @@ fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf,
 
 /// Runs the scenario and returns its checks.
 pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
-    let refvmm = build::refvmm()?;
     let probe = build::vmm_example("pmem_mte_probe")?;
-    let work = std::env::temp_dir().join(format!("xtask-pmem-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("xtask-pmem-modules-{}", std::process::id()));
     std::fs::create_dir_all(&work)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     let result = (|| {
@@ -140,24 +138,20 @@ pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
             .iter()
             .map(|(n, p)| (n.as_str(), p.as_path()))
             .collect();
-        let cpio = work.join("guest.cpio");
-        initramfs(tb, GUEST_INIT, &refs, &cpio)?;
-        let job = Job {
-            files: vec![
-                ("refvmm".into(), refvmm),
-                ("Image".into(), tb.kernel.clone()),
-                ("guest.cpio".into(), cpio),
-            ],
-            script: L1_SCRIPT.into(),
-            timeout: Duration::from_secs(900),
-            memory_mib: 2048,
-            echo: true,
-        };
-        l1::run(Some(tb), &job)
+        run_guest(
+            tb,
+            GuestRun {
+                name: "pmem",
+                init: GUEST_INIT,
+                files: &refs,
+                l1_script: L1_SCRIPT,
+                timeout: Duration::from_secs(900),
+                memory_mib: 2048,
+            },
+        )
     })();
     let _ = std::fs::remove_dir_all(&work);
-    let out = result?.output;
-    save_log("pmem", &out);
+    let out = result?;
     let m = |name: &str| marker(&out, name).unwrap_or_default().to_string();
     let mut checks = Vec::new();
     let devs = m("@@PMEM-DEVS");
