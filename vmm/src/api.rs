@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! status                          -> ok running | ok paused
-//! pause / resume                  -> ok paused / ok running
+//! pause                           -> ok paused vcpu0 pc <pc> pstate <pstate> ...
+//! resume                          -> ok running
 //! snapshot <dir>                  -> ok snapshot <dir> bytes <n> ms <n> ... (VM left paused)
 //! quit                            -> ok quitting (refvmm exits with status 12)
 //! sdei-signal <event> [<vcpu>]    -> ok pending | ok already-pending | ok not-registered

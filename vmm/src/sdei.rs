@@ -212,6 +212,7 @@ impl SdeiRegisters for KvmSdeiRegs<'_> {
 impl HypercallHandler for Sdei {
     fn handle(&self, vcpu: &VcpuFd, index: u8, nr: u64, flags: u64) {
         let i = usize::from(index);
+        log::trace!("vCPU {index}: SDEI call {nr:#x}");
         if let Err(e) = handle_hypercall_exit(&self.router, vcpu, nr, flags, i) {
             log::error!("vCPU {index}: hypercall {nr:#x} could not be answered: {e}");
             return;

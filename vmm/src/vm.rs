@@ -489,6 +489,30 @@ fn restore_cpu_and_gic(
         .map_err(|e| Error::Restore(format!("GIC state: {e}")))
 }
 
+/// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and
+/// post-mortems of a guest that hangs).
+fn where_stopped(states: &[snapshot::vcpu::VcpuState]) -> String {
+    let reg = |st: &snapshot::vcpu::VcpuState, id: u64| {
+        st.regs
+            .iter()
+            .find(|(rid, _)| *rid == id)
+            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    states
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            format!(
+                "vcpu{i} pc {:#x} pstate {:#x}",
+                reg(st, crate::regs::PC),
+                reg(st, crate::regs::PSTATE)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Machine {
     fn snapshot(&self, dir: &std::path::Path) -> std::result::Result<String, String> {
         if self.cfg.its {
@@ -610,7 +634,10 @@ impl ApiHandler for VmApi {
                 "running"
             }
             .into()),
-            Request::Pause => m.control.pause(&m.kicker).map(|_| "paused".into()),
+            Request::Pause => m
+                .control
+                .pause(&m.kicker)
+                .map(|states| format!("paused {}", where_stopped(&states))),
             Request::Resume => {
                 m.control.resume();
                 Ok("running".into())

@@ -55,6 +55,7 @@ try @@BAD-TRUNC ./refvmm --restore /tmp/bad3 --seccomp off
 rm -rf /tmp/bad1 /tmp/bad2 /tmp/bad3
 SOCK=/tmp/b.sock
 phase=0
+( sleep 45; for i in 1 2 3; do echo "@@WHERE $(ctl pause)"; ctl resume >/dev/null; sleep 2; done ) &
 ( REFVMM_LOG=info ./refvmm --restore /tmp/snap --seccomp enforce --api-socket /tmp/b.sock < /tmp/in ; echo "@@B-EXIT $?" ) 2>&1 |
 while IFS= read -r line; do
   echo "$line"
