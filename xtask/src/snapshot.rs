@@ -11,6 +11,8 @@ const SNAP_GUEST_INIT: &str = r#"#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# Kernel messages stay off the console, where they could split the lines read back.
+dmesg -n 1
 insmod /bin/sdei_test.ko events=0x1000000,0x1000001,0x1000002,0x1000003
 /bin/mte_loop &
 sleep 2
