@@ -22,9 +22,11 @@ echo "@@STEP1"
 sleep 3
 dump 1
 # Phase 2: an event for CPU 1 while CPU 1 has interrupts masked.
-taskset -c 1 sh -c 'echo 30000 > /proc/sdei_test_irqoff' &
-sleep 1
+# The console may need CPU 1 for its interrupts, so nothing is printed while the window is
+# open: the VMM side raises the event a few seconds after this line.
 echo "@@STEP2"
+sleep 1
+taskset -c 1 sh -c 'echo 30000 > /proc/sdei_test_irqoff' &
 wait
 cat /proc/sdei_test_irqoff | sed 's/^/@@IRQOFF /'
 dump 2
@@ -56,6 +58,7 @@ while IFS= read -r line; do
     *@@STEP1*)
       echo "@@CTL1 $(ctl sdei-signal 0x1000000 1) $(ctl sdei-signal 0x1000000 0) $(ctl sdei-signal 0x1000002)" ;;
     *@@STEP2*)
+      sleep 5
       echo "@@CTL2 $(ctl sdei-signal 0x1000000 1)" ;;
     *@@STEP3*)
       a=$(ctl sdei-signal 0x1000000 1); sleep 2; b=$(ctl sdei-signal 0x1000001 1)
