@@ -186,14 +186,14 @@ fn put_bytes(b: Bytes) {
     }
 }
 
-fn put_hex(mut v: u64) {
-    puts("0x");
-    let mut digits = [0u8; 16];
+/// Prints `v` in base 10 or 16 (digits only).
+fn put_num(mut v: u64, base: u64) {
+    let mut digits = [0u8; 20];
     let mut n = 0;
     loop {
-        digits[n] = b"0123456789abcdef"[(v & 0xf) as usize];
+        digits[n] = b"0123456789abcdef"[(v % base) as usize];
         n += 1;
-        v >>= 4;
+        v /= base;
         if v == 0 {
             break;
         }
@@ -204,43 +204,25 @@ fn put_hex(mut v: u64) {
     }
 }
 
-fn put_dec(mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    while n > 0 {
-        n -= 1;
-        putc(digits[n]);
-    }
+fn put_hex(v: u64) {
+    puts("0x");
+    put_num(v, 16);
+}
+
+fn put_dec(v: u64) {
+    put_num(v, 10);
 }
 
 // ---- PSCI and system registers -------------------------------------------------------------
 
 fn hvc(fid: u64, a1: u64, a2: u64, a3: u64) -> u64 {
-    let r;
-    // SAFETY: an SMCCC call through HVC; every register the callee may change is declared.
-    unsafe {
-        asm!("hvc #0",
-            inout("x0") fid => r, inout("x1") a1 => _, inout("x2") a2 => _,
-            inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-            out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
-            out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-            options(nostack));
-    }
-    r
+    hvc5(fid, [a1, a2, a3, 0, 0])
 }
 
 /// An SMCCC call with five arguments, returning x0.
 fn hvc5(fid: u64, a: [u64; 5]) -> u64 {
     let r;
-    // SAFETY: as for `hvc`.
+    // SAFETY: an SMCCC call through HVC; every register the callee may change is declared.
     unsafe {
         asm!("hvc #0",
             inout("x0") fid => r, inout("x1") a[0] => _, inout("x2") a[1] => _,
@@ -279,6 +261,12 @@ fn fail(why: &str) -> ! {
     puts("\n");
     hvc(PSCI_SYSTEM_RESET, 0, 0, 0);
     halt()
+}
+
+fn pass() -> ! {
+    puts("raw-payload: PASS\n");
+    hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+    fail("PSCI SYSTEM_OFF returned")
 }
 
 fn halt() -> ! {
@@ -589,9 +577,7 @@ extern "C" fn primary_main(fdt_addr: usize) -> ! {
         puts(" is off again\n");
     }
 
-    puts("raw-payload: PASS\n");
-    hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
-    fail("PSCI SYSTEM_OFF returned")
+    pass()
 }
 
 // ---- Benchmarks (run by `cargo xtask bench`, never by tests) -------------------------------
@@ -634,9 +620,7 @@ fn hypercall_bench(n: u64) -> ! {
         put_dec(t2 - t1);
         puts("\n");
     }
-    puts("raw-payload: PASS\n");
-    hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
-    fail("PSCI SYSTEM_OFF returned")
+    pass()
 }
 
 const GICD: usize = 0x0800_0000;
@@ -736,8 +720,8 @@ extern "C" fn irq_handler() {
             // SAFETY: reading RBR takes the byte that LSR announced.
             let c = unsafe { read_volatile(UART as *const u8) };
             if c == b'q' {
-                puts("\nraw-payload: PASS\n");
-                hvc(PSCI_SYSTEM_OFF, 0, 0, 0);
+                puts("\n");
+                pass();
             }
             putc(b'I');
         }
