@@ -30,10 +30,32 @@ fn assert_clean_failure(o: &Output, status: i32, needle: &str) {
     assert!(!err.contains("panicked"), "refvmm panicked: {err}");
 }
 
-fn kernel_stub() -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("refvmm-cli-kernel-{}", std::process::id()));
+/// A non-empty stand-in kernel. Each call gets its own file: tests run in parallel threads of one
+/// process, and rewriting a shared file (truncate, then write) let another test's refvmm read it
+/// empty in between.
+fn kernel_stub() -> TempFile {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("refvmm-cli-kernel-{}-{n}", std::process::id()));
     std::fs::write(&p, b"stub").unwrap();
-    p
+    TempFile(p)
+}
+
+/// A file removed when the test that made it ends.
+struct TempFile(std::path::PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[test]
