@@ -64,6 +64,8 @@ pub mod regs;
 #[cfg(feature = "router")]
 pub mod service;
 pub mod state;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod vmm;
 
 pub use config::{BindSlots, ConfigError, DispatcherConfig, EventDecl, EventKind, Priority};

@@ -25,10 +25,10 @@ fn golden() -> Vec<u8> {
     GOLDEN_V1_0.to_vec()
 }
 
-/// The registers `Vm::mark(_, tag)` sets.
+/// The registers `golden_mark(_, _, tag)` sets.
 fn marked(tag: u64) -> RegisterFile {
-    let mut vm = Vm::new(config(1));
-    vm.mark(0, tag);
+    let mut vm = Vm::with_config(config(1));
+    golden_mark(&mut vm, 0, tag);
     vm.regs[0]
 }
 
@@ -58,7 +58,7 @@ fn golden_v1_0_restores_the_saved_state() {
     );
     assert_eq!(
         (state.private_bindings[0], state.shared_bindings[0]),
-        (Some(PPI), Some(SPI))
+        (Some(BINDABLE_PPI), Some(BINDABLE_SPI))
     );
     assert!(
         state.shared_events[1].entry.pending,
@@ -75,13 +75,13 @@ fn golden_v1_0_handlers_complete_to_the_saved_contexts() {
     };
 
     // vCPU 0: the critical handler returns into the normal one, which returns to the kernel.
-    let first = vm.call(0, Function::EventComplete, &[0]);
+    let first = vm.outcome(0, Function::EventComplete, &[0]);
     let inner = vm.regs[0];
-    let second = vm.call(0, Function::EventCompleteAndResume, &[0x4000_9000]);
+    let second = vm.outcome(0, Function::EventCompleteAndResume, &[0x4000_9000]);
     // vCPU 1: the shared handler completes and its pending unregister finishes.
-    vm.call(1, Function::EventComplete, &[0]);
+    vm.outcome(1, Function::EventComplete, &[0]);
     let shared = vm.regs[1];
-    let status = vm.call(1, Function::EventStatus, &[u64::from(SHARED_NORMAL)]);
+    let status = vm.outcome(1, Function::EventStatus, &[u64::from(SHARED_NORMAL)]);
 
     assert_eq!(
         first,

@@ -116,7 +116,7 @@ fn nested_handlers_complete_to_the_contexts_saved_before_migration() {
     finish_handlers(&mut copy, &[]);
 
     // nest_on marks the context interrupted by the normal handler with tag 0x11.
-    let mut expected = Vm::new(config(2));
+    let mut expected = Vm::with_config(config(2));
     expected.mark(1, 0x11);
     assert_eq!(copy.regs[1], expected.regs[1]);
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use fuzz_common::corpus::{default_dir, regressions_dir, seeds};
-use fuzz_common::sdei::{decode_ops, Model};
+use fuzz_common::sdei::{decode_ops, harness, Model};
 use fuzz_common::TARGETS;
 
 fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -89,9 +89,9 @@ fn sdei_seed_sequences_start_and_complete_handlers() {
     let mut completed = 0;
 
     for (_, data) in inputs(&default_dir().join("sdei_sequences")) {
-        let mut model = Model::new();
+        let mut model = Model::new(harness::config());
         for op in decode_ops(&data) {
-            model.step(op);
+            model.step(op.into());
             model.check_invariants();
         }
         dispatched += model.dispatched;

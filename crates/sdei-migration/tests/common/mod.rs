@@ -1,170 +1,35 @@
-//! Shared test harness: a dispatcher with one register file per vCPU, random call sequences
-//! that drive it into arbitrary (mid-handler, nested) states, and the golden scenario.
+//! Shared test harness: the `sdei_dispatch::testing` VM (a dispatcher with one register file
+//! per vCPU) with MTE, random sequences of its `Op`s that drive it into arbitrary
+//! (mid-handler, nested) states, and the golden scenario.
 #![allow(dead_code)]
+
+pub use sdei_dispatch::testing::*;
 
 use proptest::prelude::*;
 use sdei_dispatch::abi::Function;
-use sdei_dispatch::config::{PRIVATE_BIND_BASE, SHARED_BIND_BASE, VMM_EVENT_FIRST};
-use sdei_dispatch::{
-    BindSlots, CallOutcome, Dispatcher, DispatcherConfig, EventDecl, EventKind, Priority,
-    RegisterFile,
-};
+use sdei_dispatch::{CallOutcome, DispatcherConfig};
 
-pub const PRIV_NORMAL: u32 = VMM_EVENT_FIRST;
-pub const PRIV_CRITICAL: u32 = VMM_EVENT_FIRST + 1;
-pub const SHARED_NORMAL: u32 = VMM_EVENT_FIRST + 2;
-pub const SHARED_CRITICAL: u32 = VMM_EVENT_FIRST + 3;
-pub const PRIV_SLOT0: u32 = PRIVATE_BIND_BASE;
-pub const SHARED_SLOT0: u32 = SHARED_BIND_BASE;
-pub const PPI: u32 = 23;
-pub const SPI: u32 = 40;
-pub const EVENTS: [u32; 7] = [
-    0,
-    PRIV_NORMAL,
-    PRIV_CRITICAL,
-    SHARED_NORMAL,
-    SHARED_CRITICAL,
-    PRIV_SLOT0,
-    SHARED_SLOT0,
-];
-
-/// The configuration every test VM uses, for `vcpus` vCPUs.
+/// The configuration every test VM uses, for `vcpus` vCPUs: the shared test configuration
+/// with MTE.
 pub fn config(vcpus: usize) -> DispatcherConfig {
-    let decl = |number, kind, priority| EventDecl {
-        number,
-        kind,
-        priority,
-    };
-    let mut config = DispatcherConfig::new(vcpus);
-    config.events = vec![
-        decl(PRIV_NORMAL, EventKind::Private, Priority::Normal),
-        decl(PRIV_CRITICAL, EventKind::Private, Priority::Critical),
-        decl(SHARED_NORMAL, EventKind::Shared, Priority::Normal),
-        decl(SHARED_CRITICAL, EventKind::Shared, Priority::Critical),
-    ];
-    config.bindable_interrupts = vec![PPI, 24, SPI, 41];
-    config.bind_slots = BindSlots {
-        private: 1,
-        shared: 1,
-    };
+    let mut config = sdei_dispatch::testing::config(vcpus);
     config.mte_tco = true;
-    config.vendor_id = 0x5644_4D00;
     config
 }
 
-/// A dispatcher and the registers of each vCPU.
-#[derive(Debug, Clone)]
-pub struct Vm {
-    pub sdei: Dispatcher,
-    pub regs: Vec<RegisterFile>,
-}
-
-impl Vm {
-    pub fn new(config: DispatcherConfig) -> Vm {
-        let vcpus = config.vcpus;
-        Vm {
-            sdei: Dispatcher::new(config).unwrap(),
-            regs: vec![RegisterFile::default(); vcpus],
-        }
-    }
-
-    /// Makes an SDEI call on `vcpu` with function identifier `id`.
-    pub fn call_id(&mut self, vcpu: usize, id: u32, args: &[u64]) -> CallOutcome {
-        self.regs[vcpu].load_call(id, args);
-        self.sdei.handle_call(vcpu, &mut self.regs[vcpu]).unwrap()
-    }
-
-    pub fn call(&mut self, vcpu: usize, function: Function, args: &[u64]) -> CallOutcome {
-        self.call_id(vcpu, function.id(), args)
-    }
-
-    /// Registers `event` at `entry` (RM_ANY), enables it and unmasks `vcpu`.
-    pub fn ready(&mut self, vcpu: usize, event: u32, entry: u64) {
-        let e = u64::from(event);
-        self.call(vcpu, Function::EventRegister, &[e, entry, e ^ 0xA5, 0, 0]);
-        self.call(vcpu, Function::EventEnable, &[e]);
-        self.call(vcpu, Function::PeUnmask, &[]);
-    }
-
-    /// Puts a recognisable interrupted context in the registers of `vcpu`.
-    pub fn mark(&mut self, vcpu: usize, tag: u64) {
-        let regs = &mut self.regs[vcpu];
-        for (n, x) in regs.x.iter_mut().enumerate() {
-            *x = tag << 32 | n as u64;
-        }
-        regs.pc = 0xFFFF_8000_0000_0000 | tag << 12;
-        regs.pstate = 0x2000_0005 | (tag & 1) << 22; // EL1h, C flag, PAN from the tag.
-    }
-
-    pub fn dispatch(&mut self, vcpu: usize) -> Option<sdei_dispatch::DispatchInfo> {
-        self.sdei
-            .dispatch_pending(vcpu, &mut self.regs[vcpu])
-            .unwrap()
-    }
-
-    /// Number of handlers running on `vcpu`.
-    pub fn depth(&self, vcpu: usize) -> usize {
-        let state = self.sdei.state();
-        let v = &state.vcpus[vcpu];
-        usize::from(v.normal.is_some()) + usize::from(v.critical.is_some())
-    }
-}
-
-/// One step of a random driving sequence.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// Any SDEI call with arguments drawn from meaningful values and noise.
-    Call {
-        vcpu: usize,
-        function: usize,
-        args: [u64; 5],
-    },
-    /// Register (RM_ANY), enable, unmask: makes handlers actually run.
-    Ready {
-        vcpu: usize,
-        event: usize,
-    },
-    /// Register a shared event routed RM_PE to `target`'s default MPIDR.
-    ReadyPe {
-        vcpu: usize,
-        event: usize,
-        target: usize,
-    },
-    Raise {
-        event: usize,
-        target: Option<usize>,
-    },
-    RaiseInterrupt {
-        intid: u32,
-        target: Option<usize>,
-    },
-    Mark {
-        vcpu: usize,
-        tag: u64,
-    },
-    /// Arbitrary interrupted context: any x0–x17, PC and PSTATE bits.
-    SetRegs {
-        vcpu: usize,
-        x: [u64; 18],
-        pc: u64,
-        pstate: u64,
-    },
-    Dispatch {
-        vcpu: usize,
-    },
-    Complete {
-        vcpu: usize,
-        resume: Option<u64>,
-    },
-    ResetVcpu {
-        vcpu: usize,
-    },
+/// Puts the golden scenario's recognisable interrupted context in the registers of `vcpu`
+/// (frozen: `golden/sdei-v1.0.bin` holds these values).
+pub fn golden_mark(vm: &mut Vm, vcpu: usize, tag: u64) {
+    let regs = &mut vm.regs[vcpu];
+    regs.x = std::array::from_fn(|n| tag << 32 | n as u64);
+    regs.pc = 0xFFFF_8000_0000_0000 | tag << 12;
+    regs.pstate = 0x2000_0005 | (tag & 1) << 22; // EL1h, C flag, PAN from the tag.
 }
 
 fn arg(vcpus: usize) -> impl Strategy<Value = u64> {
     prop_oneof![
         prop::sample::select(EVENTS.to_vec()).prop_map(u64::from),
-        Just(0x4000_8000u64),
+        Just(HANDLER),
         0..(vcpus as u64 + 2),
         prop::sample::select(vec![1u64, 2, 3, 23, 24, 40, 41, 0x100]),
         any::<u64>(),
@@ -183,7 +48,7 @@ pub fn op(vcpus: usize) -> impl Strategy<Value = Op> {
         1 => (vcpu.clone(), 3..5usize, vcpu.clone())
             .prop_map(|(vcpu, event, target)| Op::ReadyPe { vcpu, event, target }),
         5 => (event, target.clone()).prop_map(|(event, target)| Op::Raise { event, target }),
-        1 => (prop::sample::select(vec![PPI, 24, SPI, 41]), target)
+        1 => (prop::sample::select(BINDABLE_INTERRUPTS.to_vec()), target)
             .prop_map(|(intid, target)| Op::RaiseInterrupt { intid, target }),
         1 => (vcpu.clone(), any::<u64>()).prop_map(|(vcpu, tag)| Op::Mark { vcpu, tag }),
         1 => (vcpu.clone(), prop::array::uniform18(any::<u64>()), any::<u64>(), any::<u64>())
@@ -193,60 +58,6 @@ pub fn op(vcpus: usize) -> impl Strategy<Value = Op> {
             .prop_map(|(vcpu, resume)| Op::Complete { vcpu, resume }),
         1 => vcpu.prop_map(|vcpu| Op::ResetVcpu { vcpu }),
     ]
-}
-
-impl Vm {
-    pub fn step(&mut self, op: &Op) {
-        let vcpus = self.regs.len();
-        match *op {
-            Op::Call {
-                vcpu,
-                function,
-                ref args,
-            } => {
-                self.call(vcpu, Function::ALL[function], args);
-            }
-            Op::Ready { vcpu, event } => self.ready(vcpu, EVENTS[event], 0x4000_8000),
-            Op::ReadyPe {
-                vcpu,
-                event,
-                target,
-            } => {
-                let e = u64::from(EVENTS[event]);
-                let mpidr = sdei_dispatch::config::default_mpidr(target % vcpus);
-                self.call(vcpu, Function::EventRegister, &[e, 0x5000, 9, 1, mpidr]);
-                self.call(vcpu, Function::EventEnable, &[e]);
-                self.call(target % vcpus, Function::PeUnmask, &[]);
-            }
-            Op::Raise { event, target } => {
-                let _ = self.sdei.raise(EVENTS[event], target);
-            }
-            Op::RaiseInterrupt { intid, target } => {
-                let _ = self.sdei.raise_interrupt(intid, target);
-            }
-            Op::Mark { vcpu, tag } => self.mark(vcpu, tag),
-            Op::SetRegs {
-                vcpu,
-                x,
-                pc,
-                pstate,
-            } => {
-                let regs = &mut self.regs[vcpu];
-                (regs.x, regs.pc, regs.pstate) = (x, pc, pstate);
-            }
-            Op::Dispatch { vcpu } => {
-                self.dispatch(vcpu);
-            }
-            Op::Complete { vcpu, resume } => {
-                let (id, arg) = match resume {
-                    None => (Function::EventComplete.id(), 0),
-                    Some(at) => (Function::EventCompleteAndResume.id(), at),
-                };
-                self.call_id(vcpu, id, &[arg]);
-            }
-            Op::ResetVcpu { vcpu } => self.sdei.reset_vcpu(vcpu).unwrap(),
-        }
-    }
 }
 
 /// The operations that put a critical handler over a normal one on `vcpu`.
@@ -289,7 +100,7 @@ pub fn vm_state() -> impl Strategy<Value = (usize, Vec<Op>)> {
 
 /// Builds the VM a `vm_state` value describes.
 pub fn build(vcpus: usize, ops: &[Op]) -> Vm {
-    let mut vm = Vm::new(config(vcpus));
+    let mut vm = Vm::with_config(config(vcpus));
     for op in ops {
         vm.step(op);
     }
@@ -305,9 +116,9 @@ pub fn finish_handlers(vm: &mut Vm, resume: &[bool]) {
             let with_resume = resume.get(n).copied().unwrap_or(false);
             n += 1;
             let outcome = if with_resume {
-                vm.call(vcpu, Function::EventCompleteAndResume, &[0x7000 + n as u64])
+                vm.outcome(vcpu, Function::EventCompleteAndResume, &[0x7000 + n as u64])
             } else {
-                vm.call(vcpu, Function::EventComplete, &[0])
+                vm.outcome(vcpu, Function::EventComplete, &[0])
             };
             assert!(
                 matches!(outcome, CallOutcome::Completed { .. }),
@@ -322,15 +133,20 @@ pub fn finish_handlers(vm: &mut Vm, resume: &[bool]) {
 /// pending; vCPU 2 is masked with a pending bound PPI; the SPI is bound and its slot
 /// registered; the shared critical event is registered RM_ANY, enabled and pending.
 pub fn golden_vm() -> Vm {
-    let mut vm = Vm::new(config(3));
-    vm.call(0, Function::InterruptBind, &[u64::from(PPI)]);
-    vm.call(0, Function::InterruptBind, &[u64::from(SPI)]);
-    vm.ready(0, PRIV_NORMAL, 0x4000_1000);
-    vm.ready(0, PRIV_CRITICAL, 0x4000_2000);
-    vm.mark(0, 1);
+    let mut vm = Vm::with_config(config(3));
+    vm.call(0, Function::InterruptBind, &[u64::from(BINDABLE_PPI)]);
+    vm.call(0, Function::InterruptBind, &[u64::from(BINDABLE_SPI)]);
+    vm.ready_at(0, PRIV_NORMAL, 0x4000_1000, u64::from(PRIV_NORMAL) ^ 0xA5);
+    vm.ready_at(
+        0,
+        PRIV_CRITICAL,
+        0x4000_2000,
+        u64::from(PRIV_CRITICAL) ^ 0xA5,
+    );
+    golden_mark(&mut vm, 0, 1);
     vm.sdei.raise(PRIV_NORMAL, Some(0)).unwrap();
     vm.dispatch(0).unwrap();
-    vm.mark(0, 2);
+    golden_mark(&mut vm, 0, 2);
     vm.sdei.raise(PRIV_CRITICAL, Some(0)).unwrap();
     vm.dispatch(0).unwrap();
 
@@ -338,7 +154,7 @@ pub fn golden_vm() -> Vm {
     vm.call(1, Function::EventRegister, &[shared, 0x4000_3000, 33, 1, 1]);
     vm.call(1, Function::EventEnable, &[shared]);
     vm.call(1, Function::PeUnmask, &[]);
-    vm.mark(1, 3);
+    golden_mark(&mut vm, 1, 3);
     vm.sdei.raise(SHARED_NORMAL, None).unwrap();
     vm.dispatch(1).unwrap();
     vm.call(2, Function::EventUnregister, &[shared]);
@@ -349,7 +165,7 @@ pub fn golden_vm() -> Vm {
         &[u64::from(PRIV_SLOT0), 0x4000_4000, 44, 0, 0],
     );
     vm.call(2, Function::EventEnable, &[u64::from(PRIV_SLOT0)]);
-    vm.sdei.raise_interrupt(PPI, Some(2)).unwrap();
+    vm.sdei.raise_interrupt(BINDABLE_PPI, Some(2)).unwrap();
     vm.call(
         1,
         Function::EventRegister,
@@ -364,6 +180,6 @@ pub fn golden_vm() -> Vm {
     );
     vm.call(2, Function::EventEnable, &[critical]);
     vm.sdei.raise(SHARED_CRITICAL, None).unwrap();
-    vm.mark(2, 4);
+    golden_mark(&mut vm, 2, 4);
     vm
 }

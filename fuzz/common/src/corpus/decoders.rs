@@ -9,7 +9,7 @@ use vm_memory::GuestAddress;
 use super::sequences::sdei_sequence_ops;
 use super::Seed;
 use crate::router::{RouterInput, REGISTERS};
-use crate::sdei::Model;
+use crate::sdei::{harness, Model};
 
 fn call(id: u32, args: &[u64], conduit: Conduit) -> Vec<u8> {
     let mut x = [0u64; REGISTERS];
@@ -157,12 +157,12 @@ pub fn sdei_snapshot_seeds() -> Vec<Seed> {
     let t = "sdei_snapshot_decode";
     let golden = include_bytes!("../../../../crates/sdei-migration/tests/golden/sdei-v1.0.bin");
     let mut seeds = vec![Seed::new(t, "golden-v1.0", golden.to_vec())];
-    let idle = Model::new();
+    let idle = Model::new(harness::config());
     let idle = sdei_migration::save(idle.dispatcher()).expect("an idle dispatcher saves");
     seeds.push(Seed::new(t, "idle", idle.clone()));
     for (name, ops) in sdei_sequence_ops() {
-        let mut model = Model::new();
-        ops.into_iter().for_each(|op| model.step(op));
+        let mut model = Model::new(harness::config());
+        ops.into_iter().for_each(|op| model.step(op.into()));
         let bytes = sdei_migration::save(model.dispatcher()).expect("a live dispatcher saves");
         seeds.push(Seed::new(t, format!("after-{name}"), bytes));
     }

@@ -6,11 +6,15 @@
 //! dispatcher must refuse); an event byte modulo the number of harness events. An argument
 //! is a selector byte: below [`RAW_ARG`] it picks an entry of [`ARG_VALUES`] (modulo its
 //! length), otherwise a little-endian `u64` follows. Missing bytes read as zero.
+//!
+//! What an op does is the step of the shared harness it converts into
+//! (`sdei_dispatch::testing::Op`, through `From`).
 
 use arbitrary::{Arbitrary, Unstructured};
 
 use super::harness::{EVENTS, HANDLER, INTIDS, VCPUS};
-use sdei_dispatch::abi::Function;
+use sdei_dispatch::abi::{Function, SMC32_BASE, SMC64_BASE};
+use sdei_dispatch::testing::Op as Step;
 
 /// Most ops one input runs (keeps a run short however long the input is).
 pub const MAX_OPS: usize = 96;
@@ -151,6 +155,50 @@ pub enum Op {
 }
 
 const KINDS: u8 = 11;
+
+impl From<Op> for Step {
+    fn from(op: Op) -> Step {
+        match op {
+            Op::Call {
+                vcpu,
+                function,
+                args,
+            } => Step::Call {
+                vcpu,
+                function,
+                args: args.map(Arg::value),
+            },
+            Op::Raw {
+                vcpu,
+                offset,
+                smc32,
+                args,
+            } => {
+                let base = if smc32 { SMC32_BASE } else { SMC64_BASE };
+                let id = base + u32::from(offset % 0x20);
+                Step::Raw { vcpu, id, args }
+            }
+            Op::Ready { vcpu, event } => Step::Ready { vcpu, event },
+            Op::Raise { event, target } => Step::Raise { event, target },
+            Op::RaiseInterrupt { intid, target } => Step::RaiseInterrupt {
+                intid: INTIDS[intid % INTIDS.len()],
+                target,
+            },
+            Op::Dispatch { vcpu } => Step::Dispatch { vcpu },
+            Op::Complete { vcpu, resume } => Step::Complete { vcpu, resume },
+            Op::ResetVcpu { vcpu } => Step::ResetVcpu { vcpu },
+            Op::Reset => Step::Reset,
+            Op::Migrate => Step::Migrate,
+            Op::Run { vcpu, seed } => Step::SetRegs {
+                vcpu,
+                x: std::array::from_fn(|n| seed.rotate_left(n as u32 * 7) ^ n as u64),
+                pc: seed & !3,
+                // EL1h or EL0t with some NZCV and DAIF bits from the seed.
+                pstate: (seed >> 32) & 0xF000_03C0 | if seed & 1 == 0 { 0x5 } else { 0 },
+            },
+        }
+    }
+}
 
 fn vcpu(u: &mut Unstructured<'_>) -> arbitrary::Result<usize> {
     Ok(usize::from(u.arbitrary::<u8>()?) % (VCPUS + 1))

@@ -1,4 +1,4 @@
-//! A dispatcher, one register file per vCPU, and what the harness expects of them.
+//! [`Model`]: a [`Vm`] that runs [`Op`]s and checks what the dispatcher must guarantee.
 //!
 //! Invariants checked after every step ([`Model::check_invariants`]) and during calls and
 //! dispatches:
@@ -14,30 +14,25 @@
 //! - the state is always one `Dispatcher::restore` accepts, and restores to itself;
 //! - an out-of-range vCPU index is refused.
 
-use sdei_dispatch::abi::{Function, SMC32_BASE, SMC64_BASE};
-use sdei_dispatch::state::EventEntry;
-use sdei_dispatch::{CallOutcome, Dispatcher, DispatcherState, Priority, RegisterFile};
+use alloc::vec::Vec;
 
-use super::harness::{config, EVENTS, HANDLER, INTIDS, VCPUS};
-use super::input::Op;
+use super::{Op, Vm, EVENTS};
+use crate::abi::Function;
+use crate::state::EventEntry;
+use crate::{CallOutcome, Dispatcher, DispatcherConfig, DispatcherState, Priority, RegisterFile};
 
 /// The system under test and the harness's record of what runs.
 #[derive(Debug)]
 pub struct Model {
-    sdei: Dispatcher,
-    regs: Vec<RegisterFile>,
+    vm: Vm,
+    /// What the dispatcher is (re)built from.
+    config: DispatcherConfig,
     /// Per vCPU, the registers each running handler interrupted, innermost last.
     saved: Vec<Vec<RegisterFile>>,
     /// Handlers started so far (lets tests show a sequence reached the handlers).
     pub dispatched: usize,
     /// Handlers completed so far.
     pub completed: usize,
-}
-
-impl Default for Model {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// The registration of `event` as `vcpu` sees it, and whether its handler runs there.
@@ -54,12 +49,13 @@ fn entry_of(state: &DispatcherState, vcpu: usize, event: u32) -> Option<(EventEn
 }
 
 impl Model {
-    /// A fresh harness VM.
-    pub fn new() -> Self {
+    /// A fresh VM built from `config`, nothing running.
+    pub fn new(config: DispatcherConfig) -> Self {
+        let vcpus = config.vcpus;
         Model {
-            sdei: Dispatcher::new(config()).expect("the harness configuration is valid"),
-            regs: vec![RegisterFile::default(); VCPUS],
-            saved: vec![Vec::new(); VCPUS],
+            vm: Vm::with_config(config.clone()),
+            config,
+            saved: alloc::vec![Vec::new(); vcpus],
             dispatched: 0,
             completed: 0,
         }
@@ -67,14 +63,19 @@ impl Model {
 
     /// The dispatcher under test.
     pub fn dispatcher(&self) -> &Dispatcher {
-        &self.sdei
+        &self.vm.sdei
+    }
+
+    /// The registers each handler running on `vcpu` interrupted, innermost last.
+    pub fn saved(&self, vcpu: usize) -> &[RegisterFile] {
+        &self.saved[vcpu]
     }
 
     fn call(&mut self, vcpu: usize, id: u32, args: &[u64]) {
-        let Some(regs) = self.regs.get_mut(vcpu) else {
+        let Some(regs) = self.vm.regs.get_mut(vcpu) else {
             let mut scratch = RegisterFile::call(id, args);
             assert!(
-                self.sdei.handle_call(vcpu, &mut scratch).is_err(),
+                self.vm.sdei.handle_call(vcpu, &mut scratch).is_err(),
                 "a call on vCPU {vcpu}, which does not exist, was accepted"
             );
             return;
@@ -82,6 +83,7 @@ impl Model {
         regs.load_call(id, args);
         let before = *regs;
         let outcome = self
+            .vm
             .sdei
             .handle_call(vcpu, regs)
             .expect("an in-memory register file never fails");
@@ -109,7 +111,7 @@ impl Model {
                 }
             }
             CallOutcome::Returned(value) => {
-                assert_eq!(regs.x[0] as i64, value, "x0 holds the return value");
+                assert_eq!(regs.ret(), value, "x0 holds the return value");
                 assert_eq!(
                     regs.x[1..],
                     before.x[1..],
@@ -126,22 +128,23 @@ impl Model {
     }
 
     fn dispatch(&mut self, vcpu: usize) {
-        let Some(regs) = self.regs.get_mut(vcpu) else {
+        let Some(regs) = self.vm.regs.get_mut(vcpu) else {
             let mut scratch = RegisterFile::default();
             assert!(
-                self.sdei.dispatch_pending(vcpu, &mut scratch).is_err(),
+                self.vm.sdei.dispatch_pending(vcpu, &mut scratch).is_err(),
                 "a dispatch on vCPU {vcpu}, which does not exist, was accepted"
             );
             return;
         };
-        let state = self.sdei.state();
+        let state = self.vm.sdei.state();
         let (masked, normal, critical) = {
             let v = &state.vcpus[vcpu];
             (v.masked, v.normal.is_some(), v.critical.is_some())
         };
-        let waiting = self.sdei.pending_dispatch(vcpu);
+        let waiting = self.vm.sdei.pending_dispatch(vcpu);
         let before = *regs;
         let started = self
+            .vm
             .sdei
             .dispatch_pending(vcpu, regs)
             .expect("an in-memory register file never fails");
@@ -169,7 +172,7 @@ impl Model {
             normal && info.priority == Priority::Critical,
             "pre-emption reported wrongly"
         );
-        let after = self.sdei.state();
+        let after = self.vm.sdei.state();
         let (entry, running_here) =
             entry_of(&after, vcpu, info.event).expect("a dispatched event exists");
         assert!(running_here, "a started handler is not marked running");
@@ -185,79 +188,44 @@ impl Model {
         self.dispatched += 1;
     }
 
-    /// Runs one op.
+    /// Runs one op, checking every call and dispatch it makes.
+    ///
+    /// # Panics
+    ///
+    /// If the dispatcher breaks an invariant.
     pub fn step(&mut self, op: Op) {
+        let vcpus = self.vm.regs.len();
+        for call in op.calls(vcpus) {
+            self.call(call.vcpu, call.id, &call.args);
+        }
         match op {
-            Op::Call {
-                vcpu,
-                function,
-                args,
-            } => {
-                let id = Function::ALL[function % Function::ALL.len()].id();
-                self.call(vcpu, id, &args.map(|a| a.value()));
-            }
-            Op::Raw {
-                vcpu,
-                offset,
-                smc32,
-                args,
-            } => {
-                let base = if smc32 { SMC32_BASE } else { SMC64_BASE };
-                self.call(vcpu, base + u32::from(offset % 0x20), &args);
-            }
-            Op::Ready { vcpu, event } => {
-                let e = u64::from(EVENTS[event % EVENTS.len()]);
-                self.call(vcpu, Function::EventRegister.id(), &[e, HANDLER, e, 0, 0]);
-                self.call(vcpu, Function::EventEnable.id(), &[e]);
-                self.call(vcpu, Function::PeUnmask.id(), &[]);
-            }
-            Op::Raise { event, target } => {
-                // Refusals (wrong kind of target, no such vCPU) are part of the API.
-                let _ = self.sdei.raise(EVENTS[event % EVENTS.len()], target);
-            }
-            Op::RaiseInterrupt { intid, target } => {
-                let _ = self
-                    .sdei
-                    .raise_interrupt(INTIDS[intid % INTIDS.len()], target);
-            }
             Op::Dispatch { vcpu } => self.dispatch(vcpu),
-            Op::Complete { vcpu, resume } => match resume {
-                None => self.call(vcpu, Function::EventComplete.id(), &[0]),
-                Some(at) => self.call(vcpu, Function::EventCompleteAndResume.id(), &[at]),
-            },
             Op::ResetVcpu { vcpu } => {
-                let result = self.sdei.reset_vcpu(vcpu);
-                assert_eq!(result.is_ok(), vcpu < VCPUS, "reset_vcpu({vcpu})");
+                let result = self.vm.sdei.reset_vcpu(vcpu);
+                assert_eq!(result.is_ok(), vcpu < vcpus, "reset_vcpu({vcpu})");
                 if let Some(saved) = self.saved.get_mut(vcpu) {
                     saved.clear();
                 }
             }
             Op::Reset => {
-                self.sdei.reset();
+                self.vm.sdei.reset();
                 self.saved.iter_mut().for_each(Vec::clear);
-                let fresh = Dispatcher::new(config()).expect("valid configuration");
+                let fresh = Dispatcher::new(self.config.clone()).expect("valid configuration");
                 assert_eq!(
-                    self.sdei.state(),
+                    self.vm.sdei.state(),
                     fresh.state(),
                     "reset gives the fresh state"
                 );
             }
             Op::Migrate => {
-                let state = self.sdei.state();
-                self.sdei = Dispatcher::restore(config(), state.clone())
+                let state = self.vm.sdei.state();
+                self.vm.sdei = Dispatcher::restore(self.config.clone(), state.clone())
                     .expect("the dispatcher's own state is restorable");
-                assert_eq!(self.sdei.state(), state, "restore keeps the state");
+                assert_eq!(self.vm.sdei.state(), state, "restore keeps the state");
             }
-            Op::Run { vcpu, seed } => {
-                if let Some(regs) = self.regs.get_mut(vcpu) {
-                    for (n, x) in regs.x.iter_mut().enumerate() {
-                        *x = seed.rotate_left(n as u32 * 7) ^ n as u64;
-                    }
-                    regs.pc = seed & !3;
-                    // EL1h or EL0t with some NZCV and DAIF bits from the seed.
-                    regs.pstate = (seed >> 32) & 0xF000_03C0 | if seed & 1 == 0 { 0x5 } else { 0 };
-                }
-            }
+            // The registers of a vCPU that does not exist cannot change.
+            Op::Mark { vcpu, .. } | Op::SetRegs { vcpu, .. } if vcpu >= vcpus => {}
+            _ => self.vm.act(&op),
         }
     }
 
@@ -267,14 +235,14 @@ impl Model {
     ///
     /// If one is broken.
     pub fn check_invariants(&mut self) {
-        let state = self.sdei.state();
-        match Dispatcher::restore(config(), state.clone()) {
+        let state = self.vm.sdei.state();
+        match Dispatcher::restore(self.config.clone(), state.clone()) {
             Ok(restored) => assert_eq!(restored.state(), state, "restore changes the state"),
             Err(err) => panic!("the dispatcher reached a state restore refuses: {err}"),
         }
-        let kicked: Vec<usize> = self.sdei.vcpus_needing_kick().collect();
+        let kicked: Vec<usize> = self.vm.sdei.vcpus_needing_kick().collect();
         for (v, vcpu) in state.vcpus.iter().enumerate() {
-            let waiting = self.sdei.pending_dispatch(v);
+            let waiting = self.vm.sdei.pending_dispatch(v);
             assert_eq!(kicked.contains(&v), waiting, "kick list of vCPU {v}");
             assert!(
                 !(waiting && vcpu.masked),
@@ -292,7 +260,8 @@ impl Model {
             for event in EVENTS {
                 let mut scratch =
                     RegisterFile::call(Function::EventStatus.id(), &[u64::from(event)]);
-                self.sdei
+                self.vm
+                    .sdei
                     .handle_call(v, &mut scratch)
                     .expect("an in-memory register file never fails");
                 let (entry, running_here) =
