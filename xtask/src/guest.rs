@@ -56,6 +56,15 @@ pub(crate) struct GuestRun<'a> {
     pub memory_mib: u32,
 }
 
+/// Shell functions every scenario's L1 script may call. `report_threads PID` prints one
+/// `@@THREAD <name> Seccomp: <mode>` line per thread of refvmm process PID (read back by
+/// [`threads_filtered`]).
+const L1_PRELUDE: &str = r#"
+report_threads() {
+  for t in /proc/$1/task/*; do echo "@@THREAD $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"; done
+}
+"#;
+
 /// Builds the initramfs and refvmm, runs the job (see [`GuestRun`]), returns the output.
 pub(crate) fn run_guest(tb: &Testbed, run: GuestRun<'_>) -> Result<String, Fail> {
     let refvmm = build::refvmm()?;
@@ -71,7 +80,7 @@ pub(crate) fn run_guest(tb: &Testbed, run: GuestRun<'_>) -> Result<String, Fail>
                 ("Image".into(), tb.kernel.clone()),
                 ("guest.cpio".into(), cpio),
             ],
-            script: run.l1_script.into(),
+            script: format!("{L1_PRELUDE}{}", run.l1_script),
             timeout: run.timeout,
             memory_mib: run.memory_mib,
             echo: true,
@@ -112,9 +121,7 @@ while IFS= read -r line; do
       pid=$(pidof refvmm)
       grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' /proc/$pid/status | tr -s ' \t' ' ' | sed 's/^/@@MEM /'
       echo "@@MEM GuestRss: $(awk '/memfd:guest-mem/ {m=1; next} /^[0-9a-f]+-[0-9a-f]+ / {m=0} m && /^Rss:/ {s+=$2} END {print s+0}' /proc/$pid/smaps) kB"
-      for t in /proc/$pid/task/*; do
-        echo "@@THREAD $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"
-      done
+      report_threads $pid
       ;;
   esac
   echo "$line"
@@ -223,7 +230,7 @@ pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
 
 /// Checks the `@@THREAD <name> Seccomp: <mode>` lines: the `expected` threads are all there
 /// and every thread is in filter mode.
-fn threads_filtered(out: &str, expected: &[&str]) -> Option<String> {
+pub(crate) fn threads_filtered(out: &str, expected: &[&str]) -> Option<String> {
     let threads: Vec<(&str, &str)> = out
         .lines()
         .filter_map(|l| l.split_once("@@THREAD ")?.1.split_once(' '))

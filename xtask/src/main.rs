@@ -6,7 +6,8 @@
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
 //! cargo xtask fuzz                  every fuzz target for a few seconds (needs cargo-fuzz)
 //! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
-//! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot, features, pmem
+//! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot,
+//!                                   snapshot-in-handler, features, pmem
 //! cargo xtask arm64 test [-p PKG]... [FILTER]
 //!                                   only the aarch64 test executables, in the emulated machine
 //! cargo xtask arm64 run [OPTIONS] -- CMD...
@@ -202,8 +203,9 @@ fn cmd_test() -> Result<Outcome, Fail> {
     scenarios.extend(sdei::sdei(&tb)?);
     scenarios.extend(features::features(&tb)?);
     scenarios.extend(pmem::pmem(&tb)?);
-    // The snapshot scenario (`cargo xtask scenario snapshot`) is not part of the test command
-    // yet: it has not passed end to end (see the issue tracker note).
+    scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::AfterHandler)?);
+    // `scenario snapshot-in-handler` (a Linux guest snapshotted while an SDEI handler runs) is
+    // left out: after restore that vCPU gets no more interrupts (docs/measurements.md).
     scenarios.extend(seccomp::seccomp(&tb)?);
     let guests = guest::report(&scenarios);
     println!(
@@ -495,19 +497,20 @@ fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
     }
 }
 
-/// One guest scenario on its own (`boot`, `sdei` or `seccomp`).
+/// One guest scenario on its own (see the module's usage).
 fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
     let tb = setup::run()?;
     let checks = match name {
         "boot" => guest::boot(&tb)?,
         "sdei" => sdei::sdei(&tb)?,
-        "snapshot" => snapshot::snapshot(&tb)?,
+        "snapshot" => snapshot::snapshot(&tb, snapshot::Moment::AfterHandler)?,
+        "snapshot-in-handler" => snapshot::snapshot(&tb, snapshot::Moment::InHandler)?,
         "seccomp" => seccomp::seccomp(&tb)?,
         "features" => features::features(&tb)?,
         "pmem" => pmem::pmem(&tb)?,
         other => {
             return Err(Fail::new(format!(
-                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, features, pmem)"
+                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem)"
             )))
         }
     };

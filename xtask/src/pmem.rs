@@ -64,7 +64,7 @@ boot() {  # boot <tag> <mode> <refvmm options...>
             *refvmm-pmem*) echo "@@MEMFD-$tag $(head -c 40 $fd | tr -d '\0')" ;;
           esac
         done
-        for t in /proc/$pid/task/*; do echo "@@THREAD $(cat $t/comm) $(grep '^Seccomp:' $t/status | tr -s ' \t' ' ')"; done
+        report_threads $pid
         if [ "$mode" = hang ]; then kill -9 $pid; echo "@@KILLED-$tag"; fi ;;
     esac
   done
@@ -206,11 +206,7 @@ pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     }
     checks.push(check(
         "pmem: refvmm threads run under seccomp filters with pmem devices (Seccomp: 2)",
-        (!out.contains("@@THREAD vcpu0 Seccomp: 2")
-            || out
-                .lines()
-                .any(|l| l.contains("@@THREAD") && !l.ends_with("Seccomp: 2")))
-        .then(|| "a thread without a filter, or none listed".to_string()),
+        crate::guest::threads_filtered(&out, &["refvmm", "vcpu0"]),
     ));
     let probe_mmap = m("PMEM-MTE mmap");
     let probe_plain = out.contains("PMEM-MTE plain mmap ok");

@@ -56,6 +56,7 @@ while IFS= read -r line; do
   echo "$line"
   case "$line" in
     *@@STEP1*)
+      report_threads $(pidof refvmm)
       echo "@@CTL1 $(ctl sdei-signal 0x1000000 1) $(ctl sdei-signal 0x1000000 0) $(ctl sdei-signal 0x1000002)" ;;
     *@@STEP2*)
       sleep 5
@@ -214,6 +215,10 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
                 marker(&out, "@@GUEST-ALIVE")
             )),
         },
+    ));
+    checks.push(check(
+        "sdei: every refvmm thread runs under a seccomp filter (Seccomp: 2)",
+        crate::guest::threads_filtered(&out, &["refvmm", "vcpu0", "vcpu1"]),
     ));
     checks.push(check(
         "sdei: the guest powers off (refvmm exit 0)",

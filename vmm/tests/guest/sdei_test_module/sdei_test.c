@@ -27,6 +27,7 @@
 #include <linux/proc_fs.h>
 #include <linux/ptrace.h>
 #include <linux/seq_file.h>
+#include <linux/timekeeping.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/uaccess.h>
@@ -153,15 +154,23 @@ static bool read_record(u64 seq, struct sdei_test_record *out)
 	return READ_ONCE(r->stamp) == seq + 1;
 }
 
-/* Busy-waits up to 'ms', ending early once another delivery nested inside. */
+/*
+ * Busy-waits up to 'ms' of the guest's clock, ending early once another
+ * delivery nested inside. It polls a deadline on the NMI-safe monotonic clock
+ * rather than calling udelay(): with FEAT_WFxT udelay() waits in WFIT, and in
+ * the emulated test bed a trapped WFIT reaches KVM looking like a plain WFI
+ * (no deadline), so with interrupts masked it sleeps until some interrupt
+ * happens to become pending. A deadline also means a snapshot taken mid-spin
+ * checks that the guest's clock carries on from where it stopped.
+ */
 static void spin_in_handler(unsigned int ms)
 {
-	unsigned int us = min(ms, (unsigned int)SDEI_TEST_MAX_SPIN_MS) * 1000;
+	u64 deadline = ktime_get_mono_fast_ns() +
+		       (u64)min(ms, (unsigned int)SDEI_TEST_MAX_SPIN_MS) * NSEC_PER_MSEC;
 	unsigned int nested_before = this_cpu_read(cpu_deliveries);
-	unsigned int waited;
 
-	for (waited = 0; waited < us; waited += 100) {
-		udelay(100);
+	while (ktime_get_mono_fast_ns() < deadline) {
+		cpu_relax();
 		if (this_cpu_read(cpu_deliveries) != nested_before)
 			break;
 	}

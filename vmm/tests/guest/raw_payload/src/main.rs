@@ -750,6 +750,8 @@ extern "C" fn sdei_handler(marker: u64) {
         // SAFETY: only this handler writes it after boot; spin on the first delivery only.
         unsafe { write_volatile(&raw mut SDEI_SPIN_TICKS, 0) };
         putc(b's');
+        // Polls: in the emulated test bed a WFIT here would sleep until an interrupt arrives
+        // (QEMU reports a trapped WFIT to KVM as a plain WFI), and none comes in this handler.
         let end = counter() + spin;
         while counter() < end {}
     }
