@@ -83,10 +83,9 @@ done
 /// When the snapshot is taken, relative to the SDEI event raised just before it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Moment {
-    /// The handler has completed (`cargo xtask scenario snapshot`, in the test command).
+    /// The handler has completed (`cargo xtask scenario snapshot`).
     AfterHandler,
-    /// The handler is still busy-waiting on vCPU 1 (`cargo xtask scenario snapshot-in-handler`;
-    /// not in the test command: see docs/measurements.md).
+    /// The handler is still busy-waiting on vCPU 1 (`cargo xtask scenario snapshot-in-handler`).
     InHandler,
 }
 
