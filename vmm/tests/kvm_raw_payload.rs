@@ -374,3 +374,50 @@ fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
     let _ = std::fs::remove_dir_all(&tmp);
     assert_eq!(status, Some(0), "{}", b.drain());
 }
+
+/// The virtual timer keeps interrupting across snapshot and restore, also when the snapshot
+/// finds its interrupt active (the payload's tick handler stays half of each period).
+#[test]
+fn the_virtual_timer_keeps_ticking_across_snapshots() {
+    let tmp = std::env::temp_dir().join(format!("raw-payload-tick-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let payload = payload();
+    let sock = tmp.join("0.sock");
+    let mut vm = Running::start(&[
+        "--kernel",
+        payload.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--cpus",
+        "1",
+        "--sdei",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--cmdline",
+        "payload.cpus=1 payload.latency=1 payload.tick=10",
+    ]);
+    vm.wait_for(b"tt");
+    let mut sock = sock;
+    for round in 1..=4 {
+        let dir = tmp.join(format!("snap{round}"));
+        let snap = api(&sock, &format!("snapshot {}", dir.display()));
+        assert!(snap.starts_with("ok snapshot"), "{snap}");
+        assert_eq!(api(&sock, "quit"), "ok quitting");
+        assert_eq!(vm.child.wait().unwrap().code(), Some(12));
+        sock = tmp.join(format!("{round}.sock"));
+        vm = Running::start(&[
+            "--restore",
+            dir.to_str().unwrap(),
+            "--api-socket",
+            sock.to_str().unwrap(),
+        ]);
+        // Two more `t`: 100 more timer interrupts after restore.
+        vm.wait_for(b"tt");
+    }
+    vm.send(b"q");
+    vm.wait_for(b"raw-payload: PASS\n");
+    let status = vm.child.wait().unwrap().code();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(status, Some(0), "{}", vm.drain());
+}

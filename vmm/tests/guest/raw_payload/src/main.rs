@@ -542,6 +542,10 @@ extern "C" fn primary_main(fdt_addr: usize) -> ! {
         // SAFETY: no event is enabled yet; the handler only reads this.
         unsafe { write_volatile(&raw mut SDEI_SPIN_TICKS, ms * counter_hz() / 1000) };
     }
+    if let Some(ms) = arg_value(args, b"payload.tick=") {
+        // SAFETY: no interrupt is enabled yet; the IRQ handler only reads this.
+        unsafe { write_volatile(&raw mut TICK_PERIOD, ms * counter_hz() / 1000) };
+    }
     if let Some(mode) = arg_value(args, b"payload.latency=") {
         latency_mode(mode == 2);
     }
@@ -641,7 +645,9 @@ fn mmio_r32(addr: usize) -> u32 {
 /// and refvmm's private normal SDEI event both end in a handler that prints one character
 /// (`I` and `S`), so a driver on the host can time "input written → `I`" against "event raised
 /// → `S`". A `q` on the UART powers off. `payload.latency=1` idles in WFI between deliveries;
-/// `payload.latency=2` keeps making MMIO reads instead (a stress test of delivery).
+/// `payload.latency=2` keeps making MMIO reads instead (a stress test of delivery). With
+/// `payload.tick=MS` the virtual timer also interrupts every MS milliseconds (each handler
+/// stays half a period, every 50th prints `t`): snapshots must keep it ticking.
 fn latency_mode(busy: bool) -> ! {
     // Distributor: affinity routing, group 1; the UART's SPI edge-triggered, group 1, to CPU 0.
     mmio_w32(GICD, (1 << 4) | (1 << 1) | 1);
@@ -664,6 +670,18 @@ fn latency_mode(busy: bool) -> ! {
     mmio_w32(GICR0 + 0x14, mmio_r32(GICR0 + 0x14) & !(1 << 1));
     if !wait_for(5, || mmio_r32(GICR0 + 0x14) & (1 << 2) == 0) {
         fail("the redistributor stays asleep");
+    }
+    // SAFETY: written before interrupts are enabled.
+    let tick = unsafe { read_volatile(&raw const TICK_PERIOD) };
+    if tick != 0 {
+        // The virtual timer's PPI: group 1, priority 0xa0, enabled (SGI_base frame).
+        let sgi = GICR0 + 0x1_0000;
+        mmio_w32(sgi + 0x80, mmio_r32(sgi + 0x80) | 1 << VTIMER_INTID);
+        let prio = sgi + 0x400 + (VTIMER_INTID & !3);
+        let shift = 8 * (VTIMER_INTID % 4);
+        mmio_w32(prio, (mmio_r32(prio) & !(0xff << shift)) | 0xa0 << shift);
+        mmio_w32(sgi + 0x100, 1 << VTIMER_INTID);
+        arm_tick(tick);
     }
     // SAFETY: GICv3 CPU interface set-up (system register interface, priority mask open,
     // group 1 on) and the vector table; IRQs are still masked in PSTATE.
@@ -726,9 +744,41 @@ extern "C" fn irq_handler() {
             putc(b'I');
         }
     }
+    if iar as usize == VTIMER_INTID {
+        // SAFETY: only this handler writes it after boot.
+        let n = unsafe { read_volatile(&raw const TICKS) } + 1;
+        // SAFETY: as above.
+        unsafe { write_volatile(&raw mut TICKS, n) };
+        if n % 50 == 0 {
+            putc(b't');
+        }
+        // SAFETY: written before interrupts were enabled.
+        let period = unsafe { read_volatile(&raw const TICK_PERIOD) };
+        // Stay in the handler (the interrupt active) for half the period, so that a pause or
+        // snapshot often finds it active.
+        let end = counter() + period / 2;
+        while counter() < end {}
+        arm_tick(period);
+    }
     if iar < 1020 {
         // SAFETY: ending the interrupt that was acknowledged.
         unsafe { asm!("msr S3_0_C12_C12_1, {}", in(reg) iar, options(nostack)) };
+    }
+}
+
+/// The virtual timer's interrupt (PPI 11).
+const VTIMER_INTID: usize = 27;
+/// With `payload.tick=MS` (latency mode), the virtual timer's period in counter ticks.
+static mut TICK_PERIOD: u64 = 0;
+/// Timer interrupts taken; every 50th prints `t`.
+static mut TICKS: u64 = 0;
+
+/// Programs the virtual timer to fire `period` ticks from now (enabled, unmasked).
+fn arm_tick(period: u64) {
+    // SAFETY: CNTV_TVAL_EL0 and CNTV_CTL_EL0 only drive this vCPU's virtual timer.
+    unsafe {
+        asm!("msr cntv_tval_el0, {p}", "mov {t}, #1", "msr cntv_ctl_el0, {t}", "isb",
+             p = in(reg) period, t = out(reg) _, options(nomem, nostack));
     }
 }
 
