@@ -33,6 +33,12 @@ pub const fn sysreg(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
 /// MPIDR_EL1 (S3_0_C0_C0_5).
 pub const MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
 
+/// `KVM_REG_ARM_TIMER_CNT`: the guest's virtual counter (CNTVCT_EL0). KVM's id uses the
+/// encoding of CNTV_CVAL_EL0 (S3_3_C14_C3_2), and the two timer ids are swapped for good.
+pub const TIMER_CNT: u64 = sysreg(3, 3, 14, 3, 2);
+/// `KVM_REG_ARM_PTIMER_CNT`: the guest's physical counter (CNTPCT_EL0, id S3_3_C14_C0_1).
+pub const PTIMER_CNT: u64 = sysreg(3, 3, 14, 0, 1);
+
 /// PSTATE for entering a kernel: EL1h, D, A, I and F masked.
 pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 

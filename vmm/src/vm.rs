@@ -470,9 +470,10 @@ fn restore_cpu_and_gic(
     gic: &Gic,
     mpidrs: &[u64],
 ) -> Result<()> {
-    let states: Vec<snapshot::vcpu::VcpuState> =
+    let mut states: Vec<snapshot::vcpu::VcpuState> =
         snapshot::decode("vCPU state", &r.read("vcpus.bin").map_err(Error::Snapshot)?)
             .map_err(Error::Snapshot)?;
+    snapshot::vcpu::unify_counters(&mut states);
     if states.len() != vcpus.len() {
         return Err(Error::Restore(format!(
             "{} vCPU states for {} vCPUs",

@@ -75,7 +75,7 @@ while IFS= read -r line; do
     *"MTE-LOOP mismatch"*)
       sleep 8
       echo "@@RAISE-B $(ctl sdei-signal 0x1000000 1) $(ctl sdei-signal 0x1000001 0)"
-      echo 'sleep 3; sed "s/^/@@REC /" /proc/sdei_test; echo "@@STALLS $(dmesg | grep -c -i -E "lockup|stall")"; poweroff -f' >&3 ;;
+      echo 'sleep 3; sed "s/^/@@REC /" /proc/sdei_test; echo "@@STA""LLS $(dmesg | grep -c -i -E "lockup|stall")"; poweroff -f' >&3 ;;
   esac
 done
 "#;

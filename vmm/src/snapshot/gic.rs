@@ -11,7 +11,8 @@
 //!    `ISPENDR` sets and clears the latch in one write) and the line levels (after the
 //!    configuration, since only level-triggered lines keep a level);
 //! 3. each redistributor: `PROPBASER`/`PENDBASER` before `GICR_CTLR` (the bases are frozen once
-//!    LPIs are on), then the SGI/PPI registers in the distributor's order;
+//!    LPIs are on), then the SGI/PPI registers in the distributor's order, and the PPI line
+//!    levels except those KVM drives itself (timers, PMU);
 //! 4. each CPU interface: `ICC_SRE_EL1`, `ICC_CTLR_EL1` (which fixes the number of priority bits
 //!    and so which `ICC_AP{0,1}R<n>_EL1` exist), the other registers, the active priorities;
 //! 5. `GICD_CTLR` last, so the distributor is enabled only once everything else is in place.
@@ -20,6 +21,7 @@
 //! refused: a VM with an ITS keeps LPI state in guest memory and in the ITS tables, which this
 //! module does not cover yet.
 
+use crate::layout;
 use kvm_bindings::{
     kvm_device_attr, KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, KVM_DEV_ARM_VGIC_GRP_DIST_REGS,
     KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO, KVM_DEV_ARM_VGIC_GRP_REDIST_REGS,
@@ -32,7 +34,7 @@ use kvm_ioctls::DeviceFd;
 /// Format version written by [`GicState::encode`].
 pub const STATE_VERSION: u32 = 1;
 /// Most vCPUs a state may describe (refvmm's own limit).
-pub const MAX_CPUS: usize = crate::layout::MAX_VCPUS as usize;
+pub const MAX_CPUS: usize = layout::MAX_VCPUS as usize;
 
 /// Errors saving, restoring, encoding or decoding GIC state.
 #[derive(Debug, thiserror::Error)]
@@ -524,9 +526,22 @@ fn restore_redist(gic: &DeviceFd, mpidr: u64, cpu: &CpuState) -> Result<()> {
         gic,
         LEVELS,
         level_attr(mpidr, 0),
-        cpu.ppi_levels,
+        cpu.ppi_levels & !kvm_driven_ppis(),
         "PPI line level",
     )
+}
+
+/// The PPIs whose input line KVM drives itself from the vCPU's own state: the architected
+/// timers (from the restored timer registers, when the vCPU first runs) and the PMU overflow
+/// interrupt. Their saved levels are not written back. A timer's level written from userspace
+/// lands before KVM ties that PPI to the hardware timer (on the first `KVM_RUN`), and a Linux
+/// guest snapshotted while its timer interrupt was pending (an SDEI handler held interrupts
+/// masked) then took no further timer interrupt on that vCPU after restore.
+fn kvm_driven_ppis() -> u32 {
+    let ppi = |n: u32| 1u32 << (16 + n);
+    layout::TIMER_PPIS
+        .iter()
+        .fold(ppi(layout::PMU_PPI), |m, &n| m | ppi(n))
 }
 
 /// Little-endian reader that never reads past its input.
@@ -667,6 +682,15 @@ mod tests {
         assert!(!layout
             .iter()
             .any(|&(o, _)| o == 0x6000 + 8 * 31 || o == 0x100));
+    }
+
+    #[test]
+    fn gic_state_kvm_driven_ppis_are_the_timers_and_the_pmu() {
+        // INTIDs 23 (PMU), 26, 27, 29, 30 (hypervisor, virtual, secure and non-secure timers).
+        assert_eq!(
+            kvm_driven_ppis(),
+            1 << 23 | 1 << 26 | 1 << 27 | 1 << 29 | 1 << 30
+        );
     }
 
     #[test]

@@ -42,6 +42,37 @@ pub struct VcpuState {
     pub regs: Vec<(u64, Vec<u8>)>,
 }
 
+/// Makes every vCPU's saved virtual and physical counter the latest one saved.
+///
+/// Each vCPU saves its registers when it parks, so the counters come from slightly different
+/// moments, and a vCPU that parked later may have read a later value than another vCPU saved.
+/// KVM keeps one counter offset per VM, so on restore the last vCPU written decides the guest's
+/// counter for all; if that were not the latest value, the guest would see its counter go
+/// backwards, which Linux takes for a huge jump forward (timers, watchdogs and the scheduler
+/// clock go wrong). The latest value saved is at least every value the guest read before the
+/// pause.
+pub fn unify_counters(states: &mut [VcpuState]) {
+    for id in [crate::regs::TIMER_CNT, crate::regs::PTIMER_CNT] {
+        let value = |st: &VcpuState| {
+            st.regs
+                .iter()
+                .find(|(rid, _)| *rid == id)
+                .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_le_bytes)
+        };
+        let Some(latest) = states.iter().filter_map(value).max() else {
+            continue;
+        };
+        for st in states.iter_mut() {
+            for (rid, v) in st.regs.iter_mut() {
+                if *rid == id && v.len() == 8 {
+                    *v = latest.to_le_bytes().to_vec();
+                }
+            }
+        }
+    }
+}
+
 /// Size in bytes of a register from its id.
 pub fn reg_size(id: u64) -> usize {
     1usize << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
@@ -120,4 +151,41 @@ pub fn restore(fd: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
         mp_state: state.mp_state,
     })
     .map_err(|e| Error::MpState(index, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::regs::{PC, PTIMER_CNT, TIMER_CNT};
+
+    fn state(vcnt: u64, pcnt: u64, pc: u64) -> VcpuState {
+        VcpuState {
+            mp_state: 0,
+            regs: vec![
+                (PC, pc.to_le_bytes().to_vec()),
+                (TIMER_CNT, vcnt.to_le_bytes().to_vec()),
+                (PTIMER_CNT, pcnt.to_le_bytes().to_vec()),
+            ],
+        }
+    }
+
+    #[test]
+    fn counters_become_the_latest_saved_and_nothing_else_changes() {
+        // vCPU 1 parked first (smaller counters); restoring it last must not move time back.
+        let mut states = vec![state(500, 9_000, 0x1000), state(420, 8_900, 0x2000)];
+        unify_counters(&mut states);
+        assert_eq!(states[0], state(500, 9_000, 0x1000));
+        assert_eq!(states[1], state(500, 9_000, 0x2000));
+    }
+
+    #[test]
+    fn states_without_counters_are_left_alone() {
+        let mut states = vec![VcpuState {
+            mp_state: 1,
+            regs: vec![(PC, vec![1; 8])],
+        }];
+        let before = states.clone();
+        unify_counters(&mut states);
+        assert_eq!(states, before);
+    }
 }
