@@ -203,8 +203,8 @@ fn cmd_test() -> Result<Outcome, Fail> {
     scenarios.extend(sdei::sdei(&tb)?);
     scenarios.extend(features::features(&tb)?);
     scenarios.extend(pmem::pmem(&tb)?);
-    // The snapshot scenarios (`cargo xtask scenario snapshot`, `snapshot-in-handler`) are left
-    // out: a restored Linux guest can lose a vCPU's timer interrupts (docs/measurements.md).
+    scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::AfterHandler)?);
+    scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::InHandler)?);
     scenarios.extend(seccomp::seccomp(&tb)?);
     let guests = guest::report(&scenarios);
     println!(
