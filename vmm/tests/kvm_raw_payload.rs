@@ -244,7 +244,33 @@ struct Running {
     seen: Vec<u8>,
 }
 
+/// An empty scratch directory for one test.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("raw-payload-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 impl Running {
+    /// The payload on one vCPU with 64 MiB, SDEI on and the API at `sock`; `args` are payload
+    /// options after `payload.cpus=1`.
+    fn one_vcpu_with_api(sock: &std::path::Path, args: &str) -> Running {
+        Running::start(&[
+            "--kernel",
+            payload().to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            "1",
+            "--sdei",
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--cmdline",
+            &format!("payload.cpus=1 {args}"),
+        ])
+    }
+
     fn start(args: &[&str]) -> Running {
         use std::io::Read;
         let mut child = Command::new(refvmm_bin())
@@ -324,24 +350,9 @@ fn api(sock: &std::path::Path, request: &str) -> String {
 /// side, later events and UART interrupts are delivered, and the guest powers off cleanly.
 #[test]
 fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
-    let tmp = std::env::temp_dir().join(format!("raw-payload-snap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = scratch_dir("snap");
     let (sock_a, sock_b, dir) = (tmp.join("a.sock"), tmp.join("b.sock"), tmp.join("snap"));
-    let payload = payload();
-    let mut a = Running::start(&[
-        "--kernel",
-        payload.to_str().unwrap(),
-        "--memory",
-        "64M",
-        "--cpus",
-        "1",
-        "--sdei",
-        "--api-socket",
-        sock_a.to_str().unwrap(),
-        "--cmdline",
-        "payload.cpus=1 payload.latency=1 payload.sdeispin=8000",
-    ]);
+    let mut a = Running::one_vcpu_with_api(&sock_a, "payload.latency=1 payload.sdeispin=8000");
     a.wait_for(b"latency ready\n");
     assert_eq!(api(&sock_a, "sdei-signal 0x1000000 0"), "ok pending");
     a.wait_for(b"s");
@@ -379,24 +390,9 @@ fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
 /// finds its interrupt active (the payload's tick handler stays half of each period).
 #[test]
 fn the_virtual_timer_keeps_ticking_across_snapshots() {
-    let tmp = std::env::temp_dir().join(format!("raw-payload-tick-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
-    let payload = payload();
+    let tmp = scratch_dir("tick");
     let sock = tmp.join("0.sock");
-    let mut vm = Running::start(&[
-        "--kernel",
-        payload.to_str().unwrap(),
-        "--memory",
-        "64M",
-        "--cpus",
-        "1",
-        "--sdei",
-        "--api-socket",
-        sock.to_str().unwrap(),
-        "--cmdline",
-        "payload.cpus=1 payload.latency=1 payload.tick=10",
-    ]);
+    let mut vm = Running::one_vcpu_with_api(&sock, "payload.latency=1 payload.tick=10");
     vm.wait_for(b"tt");
     let mut sock = sock;
     for round in 1..=4 {
