@@ -253,21 +253,21 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
 }
 
 impl Running {
-    /// The payload on one vCPU with 64 MiB, SDEI on and the API at `sock`; `args` are payload
-    /// options after `payload.cpus=1`.
-    fn one_vcpu_with_api(sock: &std::path::Path, args: &str) -> Running {
+    /// The payload on `cpus` vCPUs with 64 MiB, SDEI on and the API at `sock`; `args` are
+    /// payload options after `payload.cpus=N`.
+    fn with_api(cpus: u32, sock: &std::path::Path, args: &str) -> Running {
         Running::start(&[
             "--kernel",
             payload().to_str().unwrap(),
             "--memory",
             "64M",
             "--cpus",
-            "1",
+            &cpus.to_string(),
             "--sdei",
             "--api-socket",
             sock.to_str().unwrap(),
             "--cmdline",
-            &format!("payload.cpus=1 {args}"),
+            &format!("payload.cpus={cpus} {args}"),
         ])
     }
 
@@ -352,7 +352,7 @@ fn api(sock: &std::path::Path, request: &str) -> String {
 fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
     let tmp = scratch_dir("snap");
     let (sock_a, sock_b, dir) = (tmp.join("a.sock"), tmp.join("b.sock"), tmp.join("snap"));
-    let mut a = Running::one_vcpu_with_api(&sock_a, "payload.latency=1 payload.sdeispin=8000");
+    let mut a = Running::with_api(1, &sock_a, "payload.latency=1 payload.sdeispin=8000");
     a.wait_for(b"latency ready\n");
     assert_eq!(api(&sock_a, "sdei-signal 0x1000000 0"), "ok pending");
     a.wait_for(b"s");
@@ -392,7 +392,7 @@ fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
 fn the_virtual_timer_keeps_ticking_across_snapshots() {
     let tmp = scratch_dir("tick");
     let sock = tmp.join("0.sock");
-    let mut vm = Running::one_vcpu_with_api(&sock, "payload.latency=1 payload.tick=10");
+    let mut vm = Running::with_api(1, &sock, "payload.latency=1 payload.tick=10");
     vm.wait_for(b"tt");
     let mut sock = sock;
     for round in 1..=4 {
@@ -416,4 +416,53 @@ fn the_virtual_timer_keeps_ticking_across_snapshots() {
     let status = vm.child.wait().unwrap().code();
     let _ = std::fs::remove_dir_all(&tmp);
     assert_eq!(status, Some(0), "{}", vm.drain());
+}
+
+/// A snapshot whose components do not fit its manifest's VM (each one intact, with a correct
+/// checksum, but taken from a VM of another shape) is refused with a clear error, status 3.
+#[test]
+fn a_snapshot_with_components_of_another_vm_is_refused() {
+    use refvmm::snapshot::{Reader, Writer};
+    let tmp = scratch_dir("mismatch");
+    let take = |cpus: u32| {
+        let sock = tmp.join(format!("{cpus}.sock"));
+        let dir = tmp.join(format!("snap{cpus}"));
+        let mut vm = Running::with_api(cpus, &sock, "payload.latency=1");
+        vm.wait_for(b"latency ready\n");
+        let snap = api(&sock, &format!("snapshot {}", dir.display()));
+        assert!(snap.starts_with("ok snapshot"), "{snap}");
+        assert_eq!(api(&sock, "quit"), "ok quitting");
+        assert_eq!(vm.child.wait().unwrap().code(), Some(12));
+        Reader::open(&dir).expect("read back the snapshot")
+    };
+    let (two, one) = (take(2), take(1));
+    for (foreign, want) in [
+        ("vcpus.bin", "1 vCPU states for 2 vCPUs"),
+        ("gic.bin", "GIC state"),
+    ] {
+        // The two-vCPU snapshot with one component from the one-vCPU VM, manifest rewritten.
+        let dir = tmp.join(format!("mixed-{foreign}"));
+        let mut w = Writer::create(&dir).unwrap();
+        for name in [
+            "vcpus.bin",
+            "gic.bin",
+            "memory.bin",
+            "sdei.bin",
+            "serial.bin",
+        ] {
+            let from = if name == foreign { &one } else { &two };
+            w.put(name, &from.read(name).unwrap()).unwrap();
+        }
+        w.finish(two.manifest.shape.clone(), two.manifest.mpidrs.clone())
+            .unwrap();
+        let out = Command::new(refvmm_bin())
+            .arg("--restore")
+            .arg(&dir)
+            .output()
+            .expect("run refvmm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{foreign}: {err}");
+        assert!(err.contains(want), "{foreign}: expected {want:?} in {err}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
 }
