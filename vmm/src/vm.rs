@@ -493,13 +493,7 @@ fn restore_cpu_and_gic(
 /// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and
 /// post-mortems of a guest that hangs).
 fn where_stopped(states: &[snapshot::vcpu::VcpuState]) -> String {
-    let reg = |st: &snapshot::vcpu::VcpuState, id: u64| {
-        st.regs
-            .iter()
-            .find(|(rid, _)| *rid == id)
-            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes)
-    };
+    let reg = |st: &snapshot::vcpu::VcpuState, id| st.reg_u64(id).unwrap_or(0);
     states
         .iter()
         .enumerate()

@@ -7,11 +7,7 @@ use crate::setup::Testbed;
 use crate::util::Fail;
 use std::time::Duration;
 
-const GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-echo "@@FEATURES $(grep -m1 Features /proc/cpuinfo)"
+const GUEST_INIT: &str = r#"echo "@@FEATURES $(grep -m1 Features /proc/cpuinfo)"
 echo "@@PERFDEVS $(ls /sys/bus/event_source/devices | tr '\n' ' ')"
 echo "@@SVE-VL $(cat /proc/sys/abi/sve_default_vector_length 2>/dev/null || echo none)"
 dmesg | grep -E 'perfevents|SVE|authentication|Memory Tagging' | sed 's/^/@@KLOG /'

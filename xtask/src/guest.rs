@@ -44,7 +44,7 @@ pub fn initramfs(
 pub(crate) struct GuestRun<'a> {
     /// The scenario's name (log file, scratch directory).
     pub name: &'static str,
-    /// The guest's `/init`.
+    /// The guest's `/init`, after [`GUEST_INIT_PRELUDE`].
     pub init: &'a str,
     /// Extra guest files: (name in `/bin`, host path).
     pub files: &'a [(&'a str, &'a Path)],
@@ -55,6 +55,14 @@ pub(crate) struct GuestRun<'a> {
     /// Memory of the emulated machine.
     pub memory_mib: u32,
 }
+
+/// The start of every scenario guest's `/init`: busybox's applets, `/proc`, `/sys`, `/dev`.
+const GUEST_INIT_PRELUDE: &str = "#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+";
 
 /// Shell functions every scenario's L1 script may call. `report_threads PID` prints one
 /// `@@THREAD <name> Seccomp: <mode>` line per thread of refvmm process PID (read back by
@@ -73,7 +81,12 @@ pub(crate) fn run_guest(tb: &Testbed, run: GuestRun<'_>) -> Result<String, Fail>
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     let result = (|| {
         let cpio = work.join("guest.cpio");
-        initramfs(tb, run.init, run.files, &cpio)?;
+        initramfs(
+            tb,
+            &format!("{GUEST_INIT_PRELUDE}{}", run.init),
+            run.files,
+            &cpio,
+        )?;
         let job = Job {
             files: vec![
                 ("refvmm".into(), refvmm),
@@ -93,12 +106,7 @@ pub(crate) fn run_guest(tb: &Testbed, run: GuestRun<'_>) -> Result<String, Fail>
     Ok(out)
 }
 
-const BOOT_GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "@@GUEST-INIT"
+const BOOT_GUEST_INIT: &str = r#"echo "@@GUEST-INIT"
 echo "@@GUEST-CPUS $(nproc)"
 echo "@@GUEST-FEATURES $(grep -m1 Features /proc/cpuinfo)"
 /bin/mte_check
@@ -127,6 +135,21 @@ while IFS= read -r line; do
   echo "$line"
 done
 "#;
+
+/// One check per `(name, marker, wanted text)`: the line after the marker (a refvmm answer
+/// followed by ` status <code>`) contains the wanted text and ends with `status 3`.
+pub(crate) fn refused_with_status_3(out: &str, cases: &[(&'static str, &str, &str)]) -> Vec<Check> {
+    cases
+        .iter()
+        .map(|&(name, key, want)| {
+            let v = marker(out, key).unwrap_or_default();
+            check(
+                name,
+                (!(v.contains(want) && v.ends_with("status 3"))).then(|| format!("{v:?}")),
+            )
+        })
+        .collect()
+}
 
 pub(crate) fn marker<'a>(out: &'a str, name: &str) -> Option<&'a str> {
     out.lines()

@@ -7,7 +7,7 @@
 //! that bad specifications and a backing an MTE guest cannot use are refused up front.
 
 use crate::build;
-use crate::guest::{check, marker, run_guest, Check, GuestRun};
+use crate::guest::{check, marker, refused_with_status_3, run_guest, Check, GuestRun};
 use crate::setup::Testbed;
 use crate::util::Fail;
 use std::path::{Path, PathBuf};
@@ -24,12 +24,7 @@ const MODULES: &[&str] = &[
     "nvdimm/nd_pmem",
 ];
 
-const GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in virtio_mmio libnvdimm nd_virtio virtio_pmem nd_btt nd_pmem; do insmod /bin/$m.ko || echo "@@INSMOD-FAILED $m"; done
+const GUEST_INIT: &str = r#"for m in virtio_mmio libnvdimm nd_virtio virtio_pmem nd_btt nd_pmem; do insmod /bin/$m.ko || echo "@@INSMOD-FAILED $m"; done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/pmem0 ] && break; sleep 1; done
 tag=$(sed -n 's/.*pmemtag=\([^ ]*\).*/\1/p' /proc/cmdline)
 mode=$(sed -n 's/.*pmemmode=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -215,34 +210,31 @@ pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
         (!probe_plain || !probe_mmap.starts_with("refused") || !out.contains("PMEM-MTE mprotect refused"))
             .then(|| format!("mmap {probe_mmap:?}, plain {probe_plain}")),
     ));
-    for (name, key, want) in [
-        (
-            "pmem: with --mte, a backing that cannot hold tags (ramfs) is refused up front",
-            "@@MTE-RAMFS",
-            "cannot hold MTE tags",
-        ),
-        (
-            "pmem: a missing file is refused",
-            "@@BAD-MISSING",
-            "no such file",
-        ),
-        (
-            "pmem: a size that is not a multiple of 2 MiB is refused",
-            "@@BAD-UNALIGNED",
-            "multiple of 2 MiB",
-        ),
-        (
-            "pmem: a file smaller than the size asked for is refused",
-            "@@BAD-SMALL",
-            "fewer than",
-        ),
-    ] {
-        let v = m(key);
-        checks.push(check(
-            name,
-            (!(v.contains(want) && v.ends_with("status 3"))).then(|| format!("{v:?}")),
-        ));
-    }
+    checks.extend(refused_with_status_3(
+        &out,
+        &[
+            (
+                "pmem: with --mte, a backing that cannot hold tags (ramfs) is refused up front",
+                "@@MTE-RAMFS",
+                "cannot hold MTE tags",
+            ),
+            (
+                "pmem: a missing file is refused",
+                "@@BAD-MISSING",
+                "no such file",
+            ),
+            (
+                "pmem: a size that is not a multiple of 2 MiB is refused",
+                "@@BAD-UNALIGNED",
+                "multiple of 2 MiB",
+            ),
+            (
+                "pmem: a file smaller than the size asked for is refused",
+                "@@BAD-SMALL",
+                "fewer than",
+            ),
+        ],
+    ));
     println!(
         "xtask: pmem: /work in the emulated machine is {}",
         m("@@FS-WORK")

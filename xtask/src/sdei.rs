@@ -5,12 +5,7 @@ use crate::setup::Testbed;
 use crate::util::Fail;
 use std::time::Duration;
 
-const SDEI_GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-# Kernel messages stay off the console, where they could split the lines read back.
+const SDEI_GUEST_INIT: &str = r#"# Kernel messages stay off the console, where they could split the lines read back.
 dmesg -n 1
 dump() { sed "s/^/@@REC$1 /" /proc/sdei_test; }
 echo "@@GUEST-SDEI-PROBE $(dmesg | grep -m1 'sdei: SDEIv')"

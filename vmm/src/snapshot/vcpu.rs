@@ -42,6 +42,17 @@ pub struct VcpuState {
     pub regs: Vec<(u64, Vec<u8>)>,
 }
 
+impl VcpuState {
+    /// The saved value of 64-bit register `id`, if the state has it.
+    pub fn reg_u64(&self, id: u64) -> Option<u64> {
+        self.regs
+            .iter()
+            .find(|(rid, _)| *rid == id)
+            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes)
+    }
+}
+
 /// Makes every vCPU's saved virtual and physical counter the latest one saved.
 ///
 /// Each vCPU saves its registers when it parks, so the counters come from slightly different
@@ -53,14 +64,7 @@ pub struct VcpuState {
 /// pause.
 pub fn unify_counters(states: &mut [VcpuState]) {
     for id in [crate::regs::TIMER_CNT, crate::regs::PTIMER_CNT] {
-        let value = |st: &VcpuState| {
-            st.regs
-                .iter()
-                .find(|(rid, _)| *rid == id)
-                .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map(u64::from_le_bytes)
-        };
-        let Some(latest) = states.iter().filter_map(value).max() else {
+        let Some(latest) = states.iter().filter_map(|st| st.reg_u64(id)).max() else {
             continue;
         };
         for st in states.iter_mut() {
