@@ -114,8 +114,8 @@ fn check_pahole_runs(pahole: &Path) -> Result<(), Fail> {
         .map(drop)
         .map_err(|e| {
             Fail::new(format!(
-                "{e}\n  pahole needs the host libraries libdw1, libelf1, libbpf1 and zlib1g \
-             (`apt-get install libdw1 libelf1 libbpf1 zlib1g`)"
+                "{e}\n  pahole needs the host libraries libdw1, libelf1, libbpf1 and zlib1g, \
+                 which `cargo xtask setup` installs (as root)"
             ))
         })
 }

@@ -3,24 +3,49 @@
 //! What it does (each step skipped when already done):
 //! 1. adds the `arm64` dpkg architecture and the `bookworm-backports` apt suite;
 //! 2. installs the cross toolchain (`rustc-web`, `cargo-web`, `libstd-rust-web-dev:arm64`,
-//!    `gcc-aarch64-linux-gnu`), `cpio`, and QEMU 10 from backports;
-//! 3. downloads (never installs) the newest Debian arm64 6.12 kernel image and
+//!    `gcc-aarch64-linux-gnu` with the arm64 C library `libc6-dev-arm64-cross`), the host
+//!    tools the builds run (`cpio`, `make`, `g++` for libFuzzer, the libraries the kernel
+//!    headers' `pahole` links), and QEMU 10 from backports;
+//! 3. with Debian's Rust toolchain, its `rustfmt-web` and `rust-web-clippy`; `cargo-fuzz`
+//!    from the crate registry;
+//! 4. downloads (never installs) the newest Debian arm64 6.12 kernel image and
 //!    `busybox-static:arm64`, checks each `.deb` against the checksum apt's signed indexes
-//!    give, unpacks them into the cache directory and checks the unpacked files' formats.
+//!    give, unpacks them into the cache directory and checks the unpacked files' formats;
+//! 5. proves the toolchain works ([`crate::doctor`]) and stops, naming the package, when a
+//!    part is missing — before any long build starts.
 
 use crate::util::{cmd_output, cmd_status, Fail};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Packages installed from the default suites.
-const APT_PACKAGES: &[&str] = &[
+/// Packages installed from the default suites on an x86_64 host.
+///
+/// `--no-install-recommends` is used, so everything a build links or runs is listed here
+/// rather than left to a recommendation.
+pub(crate) const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev:arm64",
     "gcc-aarch64-linux-gnu",
+    // crt1.o, libc.a, libpthread.a, ... for the static aarch64 links.
+    "libc6-dev-arm64-cross",
     "cpio",
+    "make",
+    // libFuzzer (built by libfuzzer-sys for cargo-fuzz) is C++.
+    "g++",
+    // The libraries the kernel headers' unpacked `pahole` runs with (the BTF step).
+    "libdw1",
+    "libelf1",
+    "libbpf1",
+    "zlib1g",
 ];
+/// The same tools on an arm64 host, where the native toolchain builds everything.
+pub(crate) const APT_PACKAGES_ARM64: &[&str] = &[
+    "cpio", "make", "g++", "libdw1", "libelf1", "libbpf1", "zlib1g",
+];
+/// The version of cargo-fuzz installed from the crate registry.
+pub(crate) const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// QEMU comes from backports: bookworm's 7.2 has an MTE tag-storage bug.
 const QEMU_PACKAGE: &str = "qemu-system-arm";
 const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
@@ -72,13 +97,14 @@ pub fn run() -> Result<Testbed, Fail> {
     let on_arm64 = cfg!(target_arch = "aarch64");
     let mut missing = missing_packages(on_arm64);
     let cache = cache_dir();
-    if missing.is_empty() && qemu_ok(on_arm64) {
+    if missing.is_empty() && qemu_ok(on_arm64) && rust_tools_missing().is_empty() {
         if let Some(tb) = existing() {
             eprintln!(
                 "xtask: test bed already set up (kernel {} in {})",
                 tb.kernel_version,
                 tb.kernel_root.display()
             );
+            crate::doctor::check_all()?;
             return Ok(tb);
         }
     }
@@ -116,7 +142,93 @@ pub fn run() -> Result<Testbed, Fail> {
             ));
         }
     }
-    fetch_artefacts(&cache)
+    install_rust_tools()?;
+    let tb = fetch_artefacts(&cache)?;
+    crate::doctor::check_all()?;
+    Ok(tb)
+}
+
+/// Host-side Rust tools the test command runs that are not there yet.
+fn rust_tools_missing() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for (sub, name) in [
+        ("fmt", "rustfmt"),
+        ("clippy", "clippy"),
+        ("fuzz", "cargo-fuzz"),
+    ] {
+        if !cargo_subcommand_runs(sub) {
+            v.push(name);
+        }
+    }
+    v
+}
+
+/// `cargo SUB --version` exits 0.
+pub(crate) fn cargo_subcommand_runs(sub: &str) -> bool {
+    Command::new("cargo")
+        .args([sub, "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when the cargo running this tool is Debian's (`/usr/bin/cargo`), not rustup's.
+pub(crate) fn debian_toolchain() -> bool {
+    std::env::var_os("CARGO").is_some_and(|c| Path::new(&c).starts_with("/usr/bin"))
+}
+
+/// rustfmt and clippy (Debian's packages for Debian's toolchain, rustup components for
+/// rustup's) and cargo-fuzz (from the crate registry).
+fn install_rust_tools() -> Result<(), Fail> {
+    let missing = rust_tools_missing();
+    let needs = |t: &str| missing.contains(&t);
+    let mut debs = Vec::new();
+    let mut components = Vec::new();
+    for (tool, deb) in [("rustfmt", "rustfmt-web"), ("clippy", "rust-web-clippy")] {
+        if needs(tool) {
+            if debian_toolchain() {
+                debs.push(deb.to_string());
+            } else {
+                components.push(tool);
+            }
+        }
+    }
+    if !debs.is_empty() {
+        eprintln!("xtask: installing {}", debs.join(" "));
+        apt_install(&[], &debs)?;
+    }
+    if !components.is_empty() {
+        eprintln!("xtask: rustup component add {}", components.join(" "));
+        cmd_status(
+            Command::new("rustup")
+                .arg("component")
+                .arg("add")
+                .args(&components),
+        )
+        .map_err(|e| {
+            Fail::new(format!(
+                "{e}\n  the test command needs {} for the Rust toolchain in use",
+                components.join(" and ")
+            ))
+        })?;
+    }
+    if needs("cargo-fuzz") {
+        eprintln!("xtask: cargo install cargo-fuzz {CARGO_FUZZ_VERSION} (from the crate registry)");
+        cmd_status(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))
+        .map_err(|e| {
+            Fail::new(format!(
+                "{e}\n  the crate registry must be reachable to install cargo-fuzz"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 fn require_root_and_apt() -> Result<(), Fail> {
@@ -183,11 +295,12 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn missing_packages(on_arm64: bool) -> Vec<String> {
-    if on_arm64 {
-        return Vec::new();
-    }
-    APT_PACKAGES
-        .iter()
+    let list = if on_arm64 {
+        APT_PACKAGES_ARM64
+    } else {
+        APT_PACKAGES
+    };
+    list.iter()
         .filter(|p| !installed(p))
         .map(|p| p.to_string())
         .collect()
