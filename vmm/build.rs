@@ -64,6 +64,8 @@ fn symbols() -> BTreeMap<&'static str, u64> {
         ("SOL_SOCKET", 1),
         ("SO_RCVTIMEO", 20),
         ("MSG_NOSIGNAL", 0x4000),
+        // linux/fs.h.
+        ("RENAME_NOREPLACE", 1),
         // Signals: SIGABRT (abort), and glibc's SIGRTMIN (the kernel's 32 plus the two glibc
         // keeps for itself), the vCPU kick signal.
         ("SIGABRT", 6),

@@ -523,10 +523,8 @@ impl Machine {
         match &result {
             Ok(_) => log::info!("snapshot written to {}", dir.display()),
             Err(e) => {
+                // The writer has already removed what it created; nothing else is touched.
                 log::warn!("snapshot to {} failed: {e}", dir.display());
-                if dir.join(snapshot::MANIFEST).exists() || dir.exists() {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
                 if !was_paused {
                     self.control.resume();
                 }

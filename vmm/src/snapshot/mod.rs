@@ -108,6 +108,20 @@ pub enum Error {
     /// The manifest describes an impossible VM.
     #[error("Snapshot describes an invalid VM: {0}")]
     Invalid(String),
+    /// The snapshot's destination already exists; snapshots never overwrite anything.
+    #[error(
+        "Snapshot destination {0} already exists (snapshots never overwrite; name a new directory)"
+    )]
+    Exists(PathBuf),
+    /// A snapshot file is not a regular file (a FIFO, a device, a directory or a symbolic
+    /// link): refused without reading from it.
+    #[error("Snapshot file {path} is {kind}, not a regular file")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
 }
 
 /// Result of snapshot file operations.
@@ -326,19 +340,67 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
 
 /// Writes a snapshot directory: components first, the manifest last (a directory without a
 /// manifest is not a snapshot).
+///
+/// Nothing that exists is ever overwritten or removed. Everything is written into a new
+/// staging directory next to the destination (`.<name>.partial-<pid>`, mode 0700), each file
+/// created exclusively and synced; [`Writer::finish`] syncs the staging directory, renames it
+/// to the destination with `RENAME_NOREPLACE` (so a destination that appeared meanwhile is not
+/// replaced either) and syncs the parent. A `Writer` dropped before `finish` succeeded removes
+/// exactly the files it created and its staging directory, by name, and nothing else.
 pub struct Writer {
     dir: PathBuf,
+    staging: PathBuf,
     components: Vec<Component>,
+    /// Files created in `staging`, for the clean-up of a failed snapshot.
+    created: Vec<String>,
+    finished: bool,
 }
 
 impl Writer {
-    /// Creates `dir`, which must not exist yet.
+    /// Starts a snapshot into `dir`, which must not exist yet.
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir(dir).map_err(io(dir))?;
+        use std::os::unix::fs::DirBuilderExt;
+        if std::fs::symlink_metadata(dir).is_ok() {
+            return Err(Error::Exists(dir.to_path_buf()));
+        }
+        let name = dir
+            .file_name()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::Invalid(format!("{} names no directory", dir.display())))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut staging_name = std::ffi::OsString::from(".");
+        staging_name.push(name);
+        staging_name.push(format!(".partial-{}", std::process::id()));
+        let staging = parent.join(staging_name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io(&staging))?;
         Ok(Writer {
             dir: dir.to_path_buf(),
+            staging,
             components: Vec::new(),
+            created: Vec::new(),
+            finished: false,
         })
+    }
+
+    /// Creates `name` in the staging directory: exclusively, never through a link, 0600.
+    fn new_file(&mut self, name: &str) -> Result<(PathBuf, std::fs::File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.staging.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io(&path))?;
+        self.created.push(name.to_string());
+        Ok((path, file))
     }
 
     /// Writes one component from memory.
@@ -352,8 +414,7 @@ impl Writer {
         name: &str,
         f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
-        let path = self.dir.join(name);
-        let file = std::fs::File::create(&path).map_err(io(&path))?;
+        let (path, file) = self.new_file(name)?;
         let mut w = CrcWriter {
             inner: std::io::BufWriter::with_capacity(1 << 20, file),
             crc: crc32fast::Hasher::new(),
@@ -370,19 +431,129 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the manifest; the snapshot is complete once this returns.
-    pub fn finish(self, shape: VmShape, mpidrs: Vec<u64>) -> Result<PathBuf> {
+    /// Writes the manifest and moves the snapshot into place; it is complete, and durable,
+    /// once this returns.
+    pub fn finish(mut self, shape: VmShape, mpidrs: Vec<u64>) -> Result<PathBuf> {
         let m = Manifest {
             shape,
             mpidrs,
-            components: self.components,
+            components: std::mem::take(&mut self.components),
         };
-        let path = self.dir.join(MANIFEST);
-        let mut f = std::fs::File::create(&path).map_err(io(&path))?;
+        let (path, mut f) = self.new_file(MANIFEST)?;
         f.write_all(&encode_manifest(&m)).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
-        Ok(self.dir)
+        drop(f);
+        sync_dir(&self.staging)?;
+        rename_noreplace(&self.staging, &self.dir)?;
+        self.finished = true;
+        let parent = match self.dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+        Ok(self.dir.clone())
     }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Only what this writer created, by name: no directory listing, no recursion.
+        for name in &self.created {
+            let _ = std::fs::remove_file(self.staging.join(name));
+        }
+        let _ = std::fs::remove_dir(&self.staging);
+    }
+}
+
+/// `fsync` of a directory, so that the names in it are on the disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// `rename(from, to)` that fails with `Exists` instead of replacing an existing `to` (plain
+/// `rename` replaces an empty directory).
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::Invalid(format!("{} contains a NUL byte", p.display())))
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are NUL-terminated strings that live across the call; renameat2
+    // only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        Err(Error::Exists(to.to_path_buf()))
+    } else {
+        Err(Error::Io {
+            path: to.to_path_buf(),
+            source: e,
+        })
+    }
+}
+
+/// Opens a snapshot file for reading only if it is a regular file: no symbolic links
+/// (`O_NOFOLLOW`), and a FIFO or device is refused at once (`O_NONBLOCK` keeps the open from
+/// waiting for a FIFO's writer; the type is checked on the opened descriptor).
+fn open_regular(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::NotAFile {
+                    path: path.to_path_buf(),
+                    kind: "a symbolic link",
+                }
+            } else {
+                Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
+    let t = file.metadata().map_err(io(path))?.file_type();
+    if t.is_file() {
+        return Ok(file);
+    }
+    let kind = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::NotAFile {
+        path: path.to_path_buf(),
+        kind,
+    })
 }
 
 struct CrcWriter<W: Write> {
@@ -414,7 +585,7 @@ impl Reader {
     /// Opens `dir` and checks its manifest.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST);
-        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+        let mut f = open_regular(&path)?;
         let mut bytes = Vec::new();
         Read::by_ref(&mut f)
             .take(MAX_MANIFEST + HEADER_LEN as u64 + 1)
@@ -449,7 +620,7 @@ impl Reader {
     ) -> Result<()> {
         let c = self.component(name)?;
         let path = self.dir.join(name);
-        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+        let mut file = open_regular(&path)?;
         let actual = file.metadata().map_err(io(&path))?.len();
         if actual != c.len {
             return Err(Error::Length {
@@ -637,5 +808,181 @@ mod tests {
             "an existing directory is never overwritten"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A scratch directory of its own per test, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(what: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("refvmm-snap-{what}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Scratch(d)
+        }
+        /// Every path under the directory, sorted, with file contents.
+        fn tree(&self) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+            fn walk(p: &Path, out: &mut Vec<(PathBuf, Option<Vec<u8>>)>) {
+                for e in std::fs::read_dir(p).unwrap().flatten() {
+                    let path = e.path();
+                    if path.is_dir() {
+                        out.push((path.clone(), None));
+                        walk(&path, out);
+                    } else {
+                        out.push((path.clone(), std::fs::read(&path).ok()));
+                    }
+                }
+            }
+            let mut v = Vec::new();
+            walk(&self.0, &mut v);
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_existing_destination_is_refused_and_left_as_it_was() {
+        let s = Scratch::new("exists");
+        let empty = s.0.join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let full = s.0.join("full");
+        std::fs::create_dir_all(full.join("sub")).unwrap();
+        std::fs::write(full.join(MANIFEST), b"an earlier good snapshot").unwrap();
+        std::fs::write(full.join("sub/memory.bin"), b"guest RAM").unwrap();
+        let file = s.0.join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let dangling = s.0.join("dangling");
+        std::os::unix::fs::symlink(s.0.join("nowhere"), &dangling).unwrap();
+        let before = s.tree();
+        for dest in [&empty, &full, &file, &dangling, &s.0] {
+            assert!(
+                matches!(Writer::create(dest), Err(Error::Exists(ref p)) if p == dest),
+                "{}",
+                dest.display()
+            );
+        }
+        assert_eq!(s.tree(), before, "nothing was added or removed");
+    }
+
+    #[test]
+    fn a_failed_snapshot_removes_only_what_it_created() {
+        let s = Scratch::new("fails");
+        std::fs::write(s.0.join("neighbour"), b"keep me").unwrap();
+        let before = s.tree();
+        let dest = s.0.join("snap");
+        let mut w = Writer::create(&dest).unwrap();
+        w.put("vcpus.bin", b"registers").unwrap();
+        let e = w.put_with("memory.bin", |out| {
+            out.write_all(b"half of the ")?;
+            Err(std::io::Error::other("the disk is full"))
+        });
+        assert!(matches!(e, Err(Error::Io { .. })), "{e:?}");
+        drop(w);
+        assert!(!dest.exists());
+        assert_eq!(
+            s.tree(),
+            before,
+            "the staging directory and its files are gone"
+        );
+    }
+
+    #[test]
+    fn a_destination_that_appears_during_the_snapshot_is_not_replaced() {
+        let s = Scratch::new("race");
+        let dest = s.0.join("snap");
+        let mut w = Writer::create(&dest).unwrap();
+        w.put("sdei.bin", b"state").unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("theirs"), b"someone else's").unwrap();
+        let before = s.tree();
+        let e = w.finish(manifest().shape, manifest().mpidrs);
+        assert!(matches!(e, Err(Error::Exists(_))), "{e:?}");
+        assert_eq!(
+            s.tree().len(),
+            before.len() - 2,
+            "only the staging directory and its file went"
+        );
+        assert_eq!(
+            std::fs::read(dest.join("theirs")).unwrap(),
+            b"someone else's"
+        );
+    }
+
+    #[test]
+    fn a_finished_snapshot_stands_alone_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = Scratch::new("done");
+        let dest = s.0.join("snap");
+        let mut w = Writer::create(&dest).unwrap();
+        w.put("sdei.bin", b"state").unwrap();
+        assert_eq!(w.finish(manifest().shape, manifest().mpidrs).unwrap(), dest);
+        let names: Vec<_> = std::fs::read_dir(&s.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["snap"], "no staging directory is left");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dest), 0o700);
+        assert_eq!(mode(&dest.join("sdei.bin")), 0o600);
+        assert_eq!(mode(&dest.join(MANIFEST)), 0o600);
+        assert_eq!(
+            Reader::open(&dest).unwrap().read("sdei.bin").unwrap(),
+            b"state"
+        );
+    }
+
+    #[test]
+    fn a_fifo_manifest_is_refused_at_once() {
+        let s = Scratch::new("fifo");
+        let fifo = s.0.join(MANIFEST);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        let e = Reader::open(&s.0)
+            .err()
+            .expect("a FIFO manifest is refused");
+        assert!(matches!(e, Error::NotAFile { kind: "a FIFO", .. }), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn components_behind_symbolic_links_are_refused() {
+        let s = Scratch::new("links");
+        let dest = s.0.join("snap");
+        let mut w = Writer::create(&dest).unwrap();
+        w.put("sdei.bin", b"state").unwrap();
+        w.finish(manifest().shape, manifest().mpidrs).unwrap();
+        std::fs::write(s.0.join("elsewhere"), b"state").unwrap();
+        std::fs::remove_file(dest.join("sdei.bin")).unwrap();
+        std::os::unix::fs::symlink(s.0.join("elsewhere"), dest.join("sdei.bin")).unwrap();
+        let e = Reader::open(&dest).unwrap().read("sdei.bin").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::NotAFile {
+                    kind: "a symbolic link",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let m = dest.join(MANIFEST);
+        std::fs::rename(&m, s.0.join("manifest")).unwrap();
+        std::os::unix::fs::symlink(s.0.join("manifest"), &m).unwrap();
+        assert!(matches!(
+            Reader::open(&dest),
+            Err(Error::NotAFile {
+                kind: "a symbolic link",
+                ..
+            })
+        ));
     }
 }
