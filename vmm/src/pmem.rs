@@ -415,6 +415,15 @@ pub enum Error {
         /// The mapping error.
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// A flush of a read-only device: KVM drops the guest's writes to a read-only memory
+    /// slot, so nothing the guest wrote can be made durable, and success would be a lie.
+    #[error(
+        "pmem {what}: flush refused: the device is read-only, the guest's writes are not stored"
+    )]
+    ReadOnly {
+        /// The path or `memfd`.
+        what: String,
+    },
     /// `msync` or `fsync` failed.
     #[error("pmem {what}: flush failed: {source}")]
     Flush {
@@ -514,10 +523,13 @@ impl PmemBacking {
     }
 
     /// Makes everything written through the mapping durable: `msync(MS_SYNC)` over the whole
-    /// mapping, then `fsync` of the file. A read-only backing has nothing to write back.
+    /// mapping, then `fsync` of the file. On a read-only backing it fails (the guest gets an
+    /// I/O error): the writes it wants flushed were dropped by KVM.
     pub fn flush(&self) -> Result<(), Error> {
         if self.readonly {
-            return Ok(());
+            return Err(Error::ReadOnly {
+                what: self.what.clone(),
+            });
         }
         let err = |source| Error::Flush {
             what: self.what.clone(),
@@ -867,7 +879,7 @@ mod tests {
         // SAFETY: reading the first bytes of a live 2 MiB mapping.
         let head = unsafe { std::slice::from_raw_parts(b.mapping().as_ptr(), 4) };
         assert_eq!(head, b"seed");
-        b.flush().unwrap();
+        assert!(matches!(b.flush(), Err(Error::ReadOnly { .. })));
         // Two readers may share the file.
         assert!(PmemBacking::open(&cfg, 1, false).is_ok());
     }

@@ -214,7 +214,10 @@ impl HypercallHandler for Sdei {
         let i = usize::from(index);
         log::trace!("vCPU {index}: SDEI call {nr:#x}");
         if let Err(e) = handle_hypercall_exit(&self.router, vcpu, nr, flags, i) {
-            log::error!("vCPU {index}: hypercall {nr:#x} could not be answered: {e}");
+            crate::guest_log!(
+                log::Level::Error,
+                "vCPU {index}: hypercall {nr:#x} could not be answered: {e}"
+            );
             return;
         }
         if let Some(w) = self.service.take_control_writes(i) {
@@ -235,7 +238,10 @@ impl HypercallHandler for Sdei {
                 Ok::<(), kvm_ioctls::Error>(())
             })();
             if let Err(e) = res {
-                log::error!("vCPU {index}: cannot finish an SDEI completion: {e}");
+                crate::guest_log!(
+                    log::Level::Error,
+                    "vCPU {index}: cannot finish an SDEI completion: {e}"
+                );
             }
         }
     }
@@ -256,7 +262,10 @@ impl HypercallHandler for Sdei {
         match self.service.dispatch_pending(i, &mut KvmSdeiRegs(vcpu)) {
             Ok(Some(info)) => log::debug!("vCPU {index}: SDEI event {:#x} delivered", info.event),
             Ok(None) => {}
-            Err(e) => log::error!("vCPU {index}: SDEI delivery failed: {e:?}"),
+            Err(e) => crate::guest_log!(
+                log::Level::Error,
+                "vCPU {index}: SDEI delivery failed: {e:?}"
+            ),
         }
     }
 }

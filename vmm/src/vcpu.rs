@@ -450,7 +450,11 @@ impl Vcpu {
                         KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
                         KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash,
                         other => {
-                            log::warn!("vCPU {}: unknown system event {other}", self.index);
+                            crate::guest_log!(
+                                log::Level::Warn,
+                                "vCPU {}: unknown system event {other}",
+                                self.index
+                            );
                             VcpuStop::Crash
                         }
                     })

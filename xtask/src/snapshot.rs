@@ -32,6 +32,15 @@ while IFS= read -r line; do
       echo 'echo 0x1000000 > /sys/module/sdei_test/parameters/spin_event; echo @SPIN_MS@ > /sys/module/sdei_test/parameters/spin_ms; echo @@SPIN-$((1+1))' >&3 ;;
     *@@SPIN-2*)
       echo "@@BADSNAP $(ctl snapshot /proc/no-such-dir/snap 2>&1)"
+      # Destinations that exist, or where nothing can be created: refused, nothing removed,
+      # refvmm (under --seccomp enforce) and its guest keep running.
+      mkdir -p /tmp/exists /tmp/full/sub /tmp/ro
+      echo earlier > /tmp/full/manifest.bin; echo ram > /tmp/full/sub/memory.bin
+      mount -t tmpfs -o ro tmpfs /tmp/ro
+      echo "@@EXISTING-DIR $(ctl snapshot /tmp/exists 2>&1)"
+      echo "@@NONEMPTY-DIR $(ctl snapshot /tmp/full 2>&1)"
+      echo "@@READONLY-DIR $(ctl snapshot /tmp/ro/snap 2>&1)"
+      echo "@@TREE-AFTER $(find /tmp/exists /tmp/full /tmp/ro | sort | tr '\n' ' ')$(cat /tmp/full/manifest.bin /tmp/full/sub/memory.bin | tr '\n' ' ')"
       echo "@@AFTER-BADSNAP $(ctl status 2>&1)"
       echo "@@RAISE-A $(ctl sdei-signal 0x1000000 1)"
       sleep 2
@@ -40,8 +49,9 @@ while IFS= read -r line; do
   esac
 done
 # Damaged snapshots must be refused with clear errors.
-# A damaged copy: symlinks to every component, then one file replaced by a damaged copy.
-damaged() { mkdir "$1"; for f in /tmp/snap/*; do ln -s "$f" "$1/$(basename $f)"; done; rm "$1/$2"; cp "/tmp/snap/$2" "$1/$2"; }
+# A damaged copy: hard links to every component (symbolic links are refused), then one file
+# replaced by a damaged copy.
+damaged() { mkdir "$1"; for f in /tmp/snap/*; do ln "$f" "$1/$(basename $f)"; done; rm "$1/$2"; cp "/tmp/snap/$2" "$1/$2"; }
 damaged /tmp/bad1 manifest.bin && printf 'X' | dd of=/tmp/bad1/manifest.bin bs=1 seek=0 conv=notrunc 2>/dev/null
 try() { key=$1; shift; r=$("$@" 2>&1); echo "$key $r status $?"; }
 try @@BAD-MAGIC ./refvmm --restore /tmp/bad1
@@ -49,7 +59,11 @@ damaged /tmp/bad2 vcpus.bin && printf 'Z' | dd of=/tmp/bad2/vcpus.bin bs=1 seek=
 try @@BAD-CRC ./refvmm --restore /tmp/bad2 --seccomp off
 damaged /tmp/bad3 gic.bin && head -c 1000 /tmp/snap/gic.bin > /tmp/bad3/gic.bin
 try @@BAD-TRUNC ./refvmm --restore /tmp/bad3 --seccomp off
-rm -rf /tmp/bad1 /tmp/bad2 /tmp/bad3
+mkdir /tmp/fifo && mkfifo /tmp/fifo/manifest.bin
+try @@FIFO-MANIFEST timeout 20 ./refvmm --restore /tmp/fifo --seccomp off
+mkdir /tmp/link && for f in /tmp/snap/*; do ln -s "$f" "/tmp/link/$(basename $f)"; done
+try @@SYMLINK-MANIFEST ./refvmm --restore /tmp/link --seccomp off
+rm -rf /tmp/bad1 /tmp/bad2 /tmp/bad3 /tmp/fifo /tmp/link
 SOCK=/tmp/b.sock
 phase=0
 ( REFVMM_LOG=info ./refvmm --restore /tmp/snap --seccomp enforce --api-socket /tmp/b.sock < /tmp/in ; echo "@@B-EXIT $?" ) 2>&1 |
@@ -118,6 +132,50 @@ pub fn snapshot(tb: &Testbed, moment: Moment) -> Result<Vec<Check>, Fail> {
                     m("@@AFTER-BADSNAP")
                 )
             }),
+    ));
+    for (name, key, want) in [
+        (
+            "snapshot: into an existing empty directory is refused",
+            "@@EXISTING-DIR",
+            "already exists",
+        ),
+        (
+            "snapshot: into an existing non-empty directory is refused",
+            "@@NONEMPTY-DIR",
+            "already exists",
+        ),
+        (
+            "snapshot: into a read-only file system is refused",
+            "@@READONLY-DIR",
+            "Read-only file system",
+        ),
+    ] {
+        let v = m(key);
+        checks.push(check(
+            name,
+            (!(v.contains("refvmm refused:") && v.contains(want))).then(|| format!("{v:?}")),
+        ));
+    }
+    let want_tree = "/tmp/exists /tmp/full /tmp/full/manifest.bin /tmp/full/sub \
+                     /tmp/full/sub/memory.bin /tmp/ro earlier ram";
+    checks.push(check(
+        "snapshot: refused snapshots leave the existing trees exactly as they were",
+        (m("@@TREE-AFTER") != want_tree).then(|| format!("{:?}", m("@@TREE-AFTER"))),
+    ));
+    checks.extend(refused_with_status_3(
+        &out,
+        &[
+            (
+                "snapshot: a FIFO manifest is refused at once",
+                "@@FIFO-MANIFEST",
+                "is a FIFO, not a regular file",
+            ),
+            (
+                "snapshot: a manifest behind a symbolic link is refused",
+                "@@SYMLINK-MANIFEST",
+                "is a symbolic link, not a regular file",
+            ),
+        ],
     ));
     let snap = m("@@SNAP");
     checks.push(check(

@@ -109,7 +109,7 @@ impl<W: Write + Send> MmioDevice for Console<W> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), Some(&v)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.serial.write(off, v) {
-                log::warn!("console write failed: {e:?}");
+                crate::guest_log!(log::Level::Warn, "console write failed: {e:?}");
             }
         }
     }

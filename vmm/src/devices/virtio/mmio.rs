@@ -254,7 +254,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn raise(&mut self, cause: u32) {
         self.interrupt_status |= cause;
         if let Err(e) = self.interrupt.trigger() {
-            log::warn!(
+            crate::guest_log!(
+                log::Level::Warn,
                 "virtio device {}: cannot raise its interrupt: {e}",
                 self.device.device_id()
             );
@@ -264,7 +265,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// The device cannot go on until the driver resets it.
     fn needs_reset(&mut self, why: &str) {
         if self.status & status::DEVICE_NEEDS_RESET == 0 {
-            log::warn!(
+            crate::guest_log!(
+                log::Level::Warn,
                 "virtio device {}: {why}; the driver must reset the device",
                 self.device.device_id()
             );
@@ -297,7 +299,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         let added = new & !old;
         if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
-            log::warn!(
+            crate::guest_log!(
+                log::Level::Warn,
                 "virtio device {}: refusing driver features {:#x} (offered {:#x}, VERSION_1 required)",
                 self.device.device_id(),
                 self.driver_features,
@@ -306,7 +309,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             new &= !status::FEATURES_OK;
         }
         if added & status::DRIVER_OK != 0 && new & status::FEATURES_OK == 0 {
-            log::warn!(
+            crate::guest_log!(
+                log::Level::Warn,
                 "virtio device {}: DRIVER_OK before FEATURES_OK; ignored",
                 self.device.device_id()
             );
@@ -676,6 +680,34 @@ mod tests {
         assert_eq!(
             rd(&mut t, reg::STATUS),
             status::ACKNOWLEDGE | status::DRIVER
+        );
+    }
+
+    #[test]
+    fn twenty_thousand_bad_status_writes_log_a_bounded_number_of_lines() {
+        let (mut t, _) = transport();
+        wr(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        let lines = crate::logger::capture::lines(|| {
+            for _ in 0..20_000 {
+                // DRIVER_OK before FEATURES_OK, and driver features the device never offered.
+                wr(
+                    &mut t,
+                    reg::STATUS,
+                    status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+                );
+                wr(&mut t, reg::DRIVER_FEATURES, u32::MAX);
+                wr(
+                    &mut t,
+                    reg::STATUS,
+                    status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+                );
+            }
+        });
+        let warns = lines.iter().filter(|l| l.starts_with("WARN")).count();
+        assert!(warns > 0, "the bad writes are reported");
+        assert!(
+            warns <= 2 * crate::logger::LINES_PER_WINDOW as usize,
+            "{warns} warn lines for 40,000 bad status writes"
         );
     }
 
