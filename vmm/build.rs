@@ -63,6 +63,7 @@ fn symbols() -> BTreeMap<&'static str, u64> {
         // asm-generic/socket.h (SO_RCVTIMEO_OLD: 64-bit time_t already).
         ("SOL_SOCKET", 1),
         ("SO_RCVTIMEO", 20),
+        ("SO_PEERCRED", 17),
         ("MSG_NOSIGNAL", 0x4000),
         // linux/fs.h.
         ("RENAME_NOREPLACE", 1),

@@ -102,20 +102,58 @@ pub fn parse_request(line: &str) -> Result<Request> {
     }
 }
 
-/// Reads one request line from a client, bounded in size and time.
+/// How long a client has to send its whole request line.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Reads one request line from a client, bounded in size and, for the whole request, in time
+/// ([`REQUEST_DEADLINE`]): a client trickling bytes cannot hold the caller longer.
 pub fn read_request(stream: &mut UnixStream) -> Result<Request> {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    let mut limited = BufReader::new(Read::by_ref(stream).take(MAX_REQUEST as u64));
-    limited
-        .read_line(&mut line)
-        .map_err(|e| Error::BadRequest(format!("cannot read the request: {e}")))?;
-    if !line.ends_with('\n') && line.len() >= MAX_REQUEST {
-        return Err(Error::BadRequest(format!(
-            "longer than {MAX_REQUEST} bytes"
-        )));
+    read_request_within(stream, REQUEST_DEADLINE)
+}
+
+fn read_request_within(stream: &mut UnixStream, deadline: Duration) -> Result<Request> {
+    let start = std::time::Instant::now();
+    let mut line = Vec::with_capacity(128);
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(Error::BadRequest(format!(
+                "the request did not arrive within {} ms",
+                deadline.as_millis()
+            )));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| Error::BadRequest(format!("cannot read the request: {e}")))?;
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(Error::BadRequest(format!("cannot read the request: {e}"))),
+        };
+        let chunk = &buf[..n];
+        let end = chunk.iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&chunk[..end.map_or(n, |i| i + 1)]);
+        if line.len() > MAX_REQUEST {
+            return Err(Error::BadRequest(format!(
+                "longer than {MAX_REQUEST} bytes"
+            )));
+        }
+        if end.is_some() || n == 0 {
+            break;
+        }
     }
-    parse_request(&line)
+    let text = std::str::from_utf8(&line)
+        .map_err(|_| Error::BadRequest("the request is not UTF-8".into()))?;
+    parse_request(text)
 }
 
 /// Sends `request` (words) to the refvmm at `socket` and returns its answer after `ok`.
@@ -149,8 +187,13 @@ pub trait ApiHandler: Send + Sync {
     fn handle(&self, request: Request) -> std::result::Result<String, String>;
 }
 
-/// Answers one connection: reads the request, writes the response line.
-pub fn serve_one(stream: &mut UnixStream, handler: &dyn ApiHandler) {
+/// Answers one connection: checks the peer, reads the request, writes the response line.
+pub fn serve_one(stream: &mut UnixStream, handler: &dyn ApiHandler, access: &Access) {
+    if let Err(e) = access.check(stream) {
+        crate::guest_log!(log::Level::Warn, "API: {e}");
+        let _ = stream.write_all(format!("error {e}\n").as_bytes());
+        return;
+    }
     let answer = match read_request(stream) {
         Ok(req) => match handler.handle(req) {
             Ok(text) => format!("ok {text}\n"),
@@ -161,10 +204,117 @@ pub fn serve_one(stream: &mut UnixStream, handler: &dyn ApiHandler) {
     let _ = stream.write_all(answer.as_bytes());
 }
 
-/// Binds the API socket; a stale socket file nobody listens on is replaced, a live one or
-/// any other file is refused.
-pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
+/// Mode of the API socket file unless the operator sets one.
+pub const DEFAULT_MODE: u32 = 0o600;
+
+/// Where the API listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSocket {
+    /// The socket's path.
+    pub path: std::path::PathBuf,
+    /// The socket file's permission bits (the owner's read and write are required).
+    pub mode: u32,
+    /// Users besides refvmm's own effective user whose connections are served.
+    pub allowed_uids: Vec<u32>,
+}
+
+impl ApiSocket {
+    /// Validates the operator's choices.
+    pub fn new(
+        path: std::path::PathBuf,
+        mode: u32,
+        allowed_uids: Vec<u32>,
+    ) -> std::result::Result<Self, String> {
+        if mode & !0o777 != 0 {
+            return Err(format!(
+                "--api-socket-mode {mode:o}: only permission bits (at most 777) may be set"
+            ));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(format!(
+                "--api-socket-mode {mode:o}: the owner needs read and write (6 in the first digit)"
+            ));
+        }
+        Ok(ApiSocket {
+            path,
+            mode,
+            allowed_uids,
+        })
+    }
+}
+
+/// Who may talk to the API: checked on every connection with `SO_PEERCRED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// refvmm's effective uid when the socket was bound.
+    own_uid: u32,
+    /// Further uids the operator allowed.
+    others: Vec<u32>,
+}
+
+impl Access {
+    /// Allows refvmm's own effective user and `others`.
+    pub fn new(others: &[u32]) -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let own_uid = unsafe { libc::geteuid() };
+        Access {
+            own_uid,
+            others: others.to_vec(),
+        }
+    }
+
+    /// Whether a peer with `uid` is served.
+    pub fn allows(&self, uid: u32) -> bool {
+        uid == self.own_uid || self.others.contains(&uid)
+    }
+
+    /// Reads the peer's credentials and refuses anyone not allowed.
+    pub fn check(&self, stream: &UnixStream) -> std::result::Result<(), String> {
+        let uid =
+            peer_uid(stream).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+        if self.allows(uid) {
+            Ok(())
+        } else {
+            Err(format!(
+                "permission denied: uid {uid} may not use this API (refvmm runs as uid {}; \
+                 --api-allow-uid adds users)",
+                self.own_uid
+            ))
+        }
+    }
+}
+
+/// The uid of the process at the other end of a Unix stream (`SO_PEERCRED`).
+pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` holds the size of `cred`; the
+    // kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Binds the API socket with the operator's mode (default 0600); a stale socket file nobody
+/// listens on is replaced, a live one or any other file is refused.
+pub fn bind(socket: &ApiSocket) -> Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = socket.path.as_path();
     let err = |reason: String| Error::Socket {
         path: path.display().to_string(),
         reason,
@@ -180,6 +330,9 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
             .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
     }
     let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    // Connections made before the mode is set are still refused by the peer check.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket.mode))
+        .map_err(|e| err(format!("cannot set its mode to {:o}: {e}", socket.mode)))?;
     l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
     Ok(l)
 }
@@ -238,6 +391,184 @@ mod tests {
         assert!(
             matches!(read_request(&mut a), Err(Error::BadRequest(m)) if m.contains("longer than"))
         );
+    }
+
+    #[test]
+    fn a_slow_client_cannot_hold_the_reader_past_the_deadline() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let trickle = std::thread::spawn(move || {
+            // One byte every 100 ms, never a newline; stops when the reader hangs up.
+            while b.write_all(b"s").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t = std::time::Instant::now();
+        let r = read_request_within(&mut a, Duration::from_millis(500));
+        let took = t.elapsed();
+        drop(a);
+        trickle.join().unwrap();
+        assert!(
+            matches!(&r, Err(Error::BadRequest(m)) if m.contains("did not arrive within 500 ms")),
+            "{r:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "held for {took:?}");
+    }
+
+    #[test]
+    fn a_request_split_over_several_writes_is_read_whole() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let w = std::thread::spawn(move || {
+            for part in ["sdei-sig", "nal 0x100", "0001 0\nignored"] {
+                b.write_all(part.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        assert_eq!(
+            read_request(&mut a),
+            Ok(Request::SdeiSignal {
+                event: 0x100_0001,
+                vcpu: Some(0)
+            })
+        );
+        w.join().unwrap();
+    }
+
+    #[test]
+    fn socket_modes_are_validated() {
+        let p = std::path::PathBuf::from("/run/x.sock");
+        assert!(ApiSocket::new(p.clone(), 0o600, vec![]).is_ok());
+        assert!(ApiSocket::new(p.clone(), 0o660, vec![1000]).is_ok());
+        assert!(ApiSocket::new(p.clone(), 0o400, vec![])
+            .unwrap_err()
+            .contains("read and write"));
+        assert!(ApiSocket::new(p, 0o4600, vec![])
+            .unwrap_err()
+            .contains("only permission bits"));
+    }
+
+    fn scratch_socket(what: &str) -> ApiSocket {
+        let path =
+            std::env::temp_dir().join(format!("refvmm-api-{what}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        ApiSocket::new(path, DEFAULT_MODE, vec![]).unwrap()
+    }
+
+    #[test]
+    fn the_socket_is_created_0600_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = scratch_socket("mode");
+        let l = bind(&s).unwrap();
+        let mode = std::fs::metadata(&s.path).unwrap().permissions().mode() & 0o777;
+        drop(l);
+        let _ = std::fs::remove_file(&s.path);
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn the_peer_check_reads_real_credentials() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(peer_uid(&a).unwrap(), me);
+        assert!(Access::new(&[]).check(&a).is_ok());
+        let stranger = me.wrapping_add(4242);
+        assert!(!Access::new(&[]).allows(stranger));
+        assert!(Access::new(&[stranger]).allows(stranger));
+    }
+
+    /// Connects to `path` from a forked child running as uid/gid 65534, sends `status` and
+    /// returns the first bytes of the answer. The child makes raw syscalls only (no
+    /// allocation, no locks), as a child forked from a threaded process must.
+    fn status_as_nobody(path: &Path) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: a zeroed sockaddr_un is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        assert!(bytes.len() < addr.sun_path.len());
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let (mut rx, tx) = UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        let tx_fd = tx.as_raw_fd();
+        // SAFETY: the child only makes async-signal-safe syscalls on memory set up before the
+        // fork, then `_exit`s; the parent only waits for it.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
+                {
+                    libc::_exit(3);
+                }
+                let req = b"status\n";
+                libc::write(fd, req.as_ptr().cast(), req.len());
+                let mut buf = [0u8; 256];
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                if n > 0 {
+                    libc::write(tx_fd, buf.as_ptr().cast(), n as usize);
+                }
+                libc::_exit(0);
+            }
+            drop(tx);
+            let mut answer = String::new();
+            let _ = rx.read_to_string(&mut answer);
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            assert!(
+                libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+                "child status {st:#x}"
+            );
+            answer
+        }
+    }
+
+    #[test]
+    fn a_connection_from_another_uid_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test runs as root: it starts a client under another uid"
+        );
+        struct Status;
+        impl ApiHandler for Status {
+            fn handle(&self, _: Request) -> std::result::Result<String, String> {
+                Ok("running".into())
+            }
+        }
+        let s = scratch_socket("peer");
+        let l = bind(&s).unwrap();
+        l.set_nonblocking(false).unwrap();
+        // Open the file mode up so that the connect itself succeeds: the peer check is what
+        // is tested here (the 0600 mode is tested above).
+        std::fs::set_permissions(&s.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let serve = |access: Access| {
+            let l = l.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let (mut conn, _) = l.accept().unwrap();
+                serve_one(&mut conn, &Status, &access);
+            })
+        };
+        let t = serve(Access::new(&[]));
+        let refused = status_as_nobody(&s.path);
+        t.join().unwrap();
+        let t = serve(Access::new(&[65534]));
+        let allowed = status_as_nobody(&s.path);
+        t.join().unwrap();
+        let _ = std::fs::remove_file(&s.path);
+        assert!(
+            refused.starts_with("error permission denied: uid 65534 may not use this API"),
+            "{refused}"
+        );
+        assert_eq!(allowed, "ok running\n");
     }
 
     #[test]

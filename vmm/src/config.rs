@@ -95,6 +95,21 @@ pub struct Cli {
     /// A Unix socket on which refvmm accepts control requests.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+
+    /// Permission bits of the API socket file, in octal (default 600: refvmm's user only).
+    #[arg(long, value_name = "OCTAL", requires = "api_socket", value_parser = parse_mode)]
+    pub api_socket_mode: Option<u32>,
+
+    /// A user id, besides refvmm's own, whose API connections are served (repeatable); every
+    /// other peer is refused (checked with SO_PEERCRED).
+    #[arg(long, value_name = "UID", requires = "api_socket")]
+    pub api_allow_uid: Vec<u32>,
+}
+
+/// An octal file mode such as `600` or `0660`.
+fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal mode such as 600"))
 }
 
 /// `refvmm ctl`: send a request to a running refvmm's API socket.
@@ -146,6 +161,9 @@ pub enum Error {
     /// A `--pmem` device cannot be used.
     #[error(transparent)]
     Pmem(#[from] crate::pmem::SpecError),
+    /// The API socket options are inconsistent.
+    #[error("API socket: {0}")]
+    ApiSocket(String),
 }
 
 /// Result of configuration checks.
@@ -188,8 +206,8 @@ pub struct VmConfig {
     pub pmem: Vec<crate::pmem::PmemConfig>,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
-    /// API socket path.
-    pub api_socket: Option<PathBuf>,
+    /// The API socket and who may use it.
+    pub api_socket: Option<crate::api::ApiSocket>,
     /// Restore from this snapshot directory instead of booting.
     pub restore: Option<PathBuf>,
 }
@@ -232,13 +250,20 @@ impl TryFrom<Cli> for VmConfig {
     type Error = Error;
 
     fn try_from(cli: Cli) -> Result<Self> {
+        let api_socket = match cli.api_socket {
+            Some(path) => Some(
+                crate::api::ApiSocket::new(
+                    path,
+                    cli.api_socket_mode.unwrap_or(crate::api::DEFAULT_MODE),
+                    cli.api_allow_uid,
+                )
+                .map_err(Error::ApiSocket)?,
+            ),
+            None => None,
+        };
         if let Some(dir) = cli.restore {
             return crate::snapshot::Reader::open(&dir)
-                .and_then(|r| {
-                    r.manifest
-                        .shape
-                        .to_config(&dir, cli.seccomp, cli.api_socket)
-                })
+                .and_then(|r| r.manifest.shape.to_config(&dir, cli.seccomp, api_socket))
                 .map_err(|e| Error::Restore(e.to_string()));
         }
         let kernel = cli.kernel.ok_or_else(|| Error::Kernel {
@@ -309,7 +334,7 @@ impl TryFrom<Cli> for VmConfig {
             its: cli.its,
             pmem,
             seccomp: cli.seccomp,
-            api_socket: cli.api_socket,
+            api_socket,
             restore: None,
         })
     }
@@ -358,6 +383,55 @@ mod tests {
     fn missing_kernel_is_a_clear_error() {
         let e = config(&["--kernel", "/nonexistent/Image"]).unwrap_err();
         assert_eq!(e.to_string(), "Kernel /nonexistent/Image: no such file");
+    }
+
+    #[test]
+    fn api_socket_access_options_are_validated() {
+        let k = kernel_file();
+        let kp = k.path_str().to_string();
+        let c = config(&["--kernel", &kp, "--api-socket", "/run/a.sock"]).unwrap();
+        let s = c.api_socket.unwrap();
+        assert_eq!((s.mode, s.allowed_uids), (0o600, vec![]));
+        let c = config(&[
+            "--kernel",
+            &kp,
+            "--api-socket",
+            "/run/a.sock",
+            "--api-socket-mode",
+            "0660",
+            "--api-allow-uid",
+            "1000",
+            "--api-allow-uid",
+            "1001",
+        ])
+        .unwrap();
+        let s = c.api_socket.unwrap();
+        assert_eq!((s.mode, s.allowed_uids), (0o660, vec![1000, 1001]));
+        let e = config(&[
+            "--kernel",
+            &kp,
+            "--api-socket",
+            "/a",
+            "--api-socket-mode",
+            "444",
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("the owner needs read and write"),
+            "{e}"
+        );
+        let e = cli(&[
+            "--kernel",
+            &kp,
+            "--api-socket",
+            "/a",
+            "--api-socket-mode",
+            "9",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("not an octal mode"), "{e}");
+        let e = cli(&["--kernel", &kp, "--api-allow-uid", "5"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

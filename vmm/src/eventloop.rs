@@ -141,13 +141,14 @@ impl Drop for RawStdin {
 struct ApiServer {
     listener: UnixListener,
     handler: Arc<dyn ApiHandler>,
+    access: api::Access,
 }
 
 impl MutEventSubscriber for ApiServer {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Ok((mut stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
-            api::serve_one(&mut stream, self.handler.as_ref());
+            api::serve_one(&mut stream, self.handler.as_ref(), &self.access);
         }
     }
 
@@ -164,7 +165,7 @@ impl MutEventSubscriber for ApiServer {
 pub fn run<W: Write + Send + 'static>(
     console: Arc<Mutex<Console<W>>>,
     exit: &ExitSignal,
-    api: Option<(UnixListener, Arc<dyn ApiHandler>)>,
+    api: Option<(UnixListener, Arc<dyn ApiHandler>, api::Access)>,
     before_loop: impl FnOnce() -> crate::sandbox::Result<()>,
 ) -> Result<VcpuStop> {
     let _raw = RawStdin::new();
@@ -172,8 +173,12 @@ pub fn run<W: Write + Send + 'static>(
         EventManager::new().map_err(Error::Manager)?;
     em.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
     em.add_subscriber(Arc::new(Mutex::new(StdinInput { console })));
-    if let Some((listener, handler)) = api {
-        em.add_subscriber(Arc::new(Mutex::new(ApiServer { listener, handler })));
+    if let Some((listener, handler, access)) = api {
+        em.add_subscriber(Arc::new(Mutex::new(ApiServer {
+            listener,
+            handler,
+            access,
+        })));
     }
     before_loop()?;
     loop {

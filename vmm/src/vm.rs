@@ -323,12 +323,12 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let hooks: Option<Arc<dyn HypercallHandler>> =
         sdei.clone().map(|s| s as Arc<dyn HypercallHandler>);
     let api = match &cfg.api_socket {
-        Some(path) => {
-            let listener = api::bind(path).map_err(Error::Api)?;
+        Some(socket) => {
+            let listener = api::bind(socket).map_err(Error::Api)?;
             let handler: Arc<dyn ApiHandler> = Arc::new(VmApi {
                 machine: machine.clone(),
             });
-            Some((listener, handler))
+            Some((listener, handler, api::Access::new(&socket.allowed_uids)))
         }
         None => None,
     };
@@ -358,8 +358,8 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         start.wait();
         Ok(())
     })?;
-    if let Some(p) = &cfg.api_socket {
-        let _ = std::fs::remove_file(p);
+    if let Some(s) = &cfg.api_socket {
+        let _ = std::fs::remove_file(&s.path);
     }
     log::info!("the VM stopped: {stop:?}");
     // The vCPU threads still use the VM; the process exits right after this returns.

@@ -190,7 +190,7 @@ impl VmShape {
         &self,
         dir: &Path,
         seccomp: SeccompMode,
-        api_socket: Option<PathBuf>,
+        api_socket: Option<crate::api::ApiSocket>,
     ) -> Result<VmConfig> {
         if self.cpus == 0 || self.cpus > crate::layout::MAX_VCPUS {
             return Err(Error::Invalid(format!("{} vCPUs", self.cpus)));
