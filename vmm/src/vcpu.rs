@@ -207,6 +207,10 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 }
 
 /// Kicks vCPU threads out of `KVM_RUN`.
+///
+/// A thread is signalled only while it is registered, and the signal is sent with the registry
+/// locked; each vCPU thread unregisters itself (taking the same lock) before it returns, so a
+/// `pthread_t` is never used after its thread has exited.
 pub struct Kicker {
     threads: Mutex<Vec<Option<libc::pthread_t>>>,
 }
@@ -231,22 +235,50 @@ impl Kicker {
         }
     }
 
-    /// Sends the kick signal to vCPU `index`'s thread.
-    pub fn kick(&self, index: usize) {
-        let t = self
+    /// A guard for vCPU `index`'s thread to hold while it runs: dropping it (when the thread
+    /// returns or unwinds) unregisters the thread.
+    pub fn exit_guard(self: &Arc<Self>, index: usize) -> KickGuard {
+        KickGuard {
+            kicker: self.clone(),
+            index,
+        }
+    }
+
+    /// Forgets vCPU `index`'s thread; called by that thread before it exits.
+    pub fn unregister(&self, index: usize) {
+        if let Some(slot) = self
             .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(index)
-            .copied()
-            .flatten();
-        if let Some(t) = t {
-            // SAFETY: `t` is a live vCPU thread (vCPU threads run until the process exits).
+            .get_mut(index)
+        {
+            *slot = None;
+        }
+    }
+
+    /// Sends the kick signal to vCPU `index`'s thread, if it is still running.
+    pub fn kick(&self, index: usize) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = threads.get(index).copied().flatten() {
+            // SAFETY: `t` is registered, so its thread has not passed `unregister` yet (which
+            // needs the lock held here): it is alive for the duration of this call.
             let rc = unsafe { libc::pthread_kill(t, kick_signal()) };
             if rc != 0 {
                 log::warn!("cannot kick vCPU {index}: error {rc}");
             }
         }
+    }
+}
+
+/// Unregisters a vCPU thread from its [`Kicker`] when dropped.
+pub struct KickGuard {
+    kicker: Arc<Kicker>,
+    index: usize,
+}
+
+impl Drop for KickGuard {
+    fn drop(&mut self) {
+        self.kicker.unregister(self.index);
     }
 }
 
@@ -486,5 +518,32 @@ impl Vcpu {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod kicker_tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_has_exited_is_never_kicked() {
+        install_kick_handler().unwrap();
+        let kicker = Arc::new(Kicker::new(1));
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let k = kicker.clone();
+        let t = std::thread::spawn(move || {
+            let _registered = k.exit_guard(0);
+            go_rx.recv().unwrap();
+        });
+        use std::os::unix::thread::JoinHandleExt;
+        kicker.register(0, t.as_pthread_t());
+        kicker.kick(0); // Alive: the signal is delivered and handled.
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(
+            kicker.threads.lock().unwrap()[0].is_none(),
+            "the exiting thread unregistered itself"
+        );
+        kicker.kick(0); // A no-op, not a pthread_kill of a dead thread.
     }
 }

@@ -338,8 +338,11 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         let hooks = hooks.clone();
         let control = control.clone();
         let start = start.clone();
+        let kicks = kicker.clone();
         let t = sandbox
             .spawn(Category::Vcpu, format!("vcpu{i}"), move || {
+                // No kick may target this thread once it has exited.
+                let _registered = kicks.exit_guard(usize::from(i));
                 start.wait();
                 let stop = match v.run(&bus, hooks.as_ref(), &control) {
                     Ok(stop) => stop,
