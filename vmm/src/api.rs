@@ -533,9 +533,9 @@ mod tests {
     fn a_connection_from_another_uid_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            euid, 0,
             "this test runs as root: it starts a client under another uid"
         );
         struct Status;
