@@ -600,17 +600,11 @@ impl Machine {
             &postcard::to_allocvec(&serial).map_err(|x| x.to_string())?,
         )
         .map_err(e)?;
-        let dir = w
+        // The size is counted while writing: listing the directory would need getdents64 and
+        // fstat, which the main thread's filter does not allow.
+        let total = w
             .finish(snapshot::VmShape::of(&self.cfg), self.mpidrs.clone())
             .map_err(e)?;
-        let total = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|f| f.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
         Ok((total, tag_bytes, tag_ms))
     }
 }

@@ -432,15 +432,18 @@ impl Writer {
     }
 
     /// Writes the manifest and moves the snapshot into place; it is complete, and durable,
-    /// once this returns.
-    pub fn finish(mut self, shape: VmShape, mpidrs: Vec<u64>) -> Result<PathBuf> {
+    /// once this returns. Returns the snapshot's size in bytes (every file, manifest
+    /// included), counted while writing: the directory is never listed.
+    pub fn finish(mut self, shape: VmShape, mpidrs: Vec<u64>) -> Result<u64> {
         let m = Manifest {
             shape,
             mpidrs,
             components: std::mem::take(&mut self.components),
         };
+        let components: u64 = m.components.iter().map(|c| c.len).sum();
+        let manifest = encode_manifest(&m);
         let (path, mut f) = self.new_file(MANIFEST)?;
-        f.write_all(&encode_manifest(&m)).map_err(io(&path))?;
+        f.write_all(&manifest).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
         drop(f);
         sync_dir(&self.staging)?;
@@ -451,7 +454,7 @@ impl Writer {
             _ => Path::new("."),
         };
         sync_dir(parent)?;
-        Ok(self.dir.clone())
+        Ok(components + manifest.len() as u64)
     }
 }
 
@@ -921,7 +924,10 @@ mod tests {
         let dest = s.0.join("snap");
         let mut w = Writer::create(&dest).unwrap();
         w.put("sdei.bin", b"state").unwrap();
-        assert_eq!(w.finish(manifest().shape, manifest().mpidrs).unwrap(), dest);
+        let bytes = w.finish(manifest().shape, manifest().mpidrs).unwrap();
+        let on_disk = std::fs::metadata(dest.join("sdei.bin")).unwrap().len()
+            + std::fs::metadata(dest.join(MANIFEST)).unwrap().len();
+        assert_eq!(bytes, on_disk);
         let names: Vec<_> = std::fs::read_dir(&s.0)
             .unwrap()
             .flatten()
