@@ -35,12 +35,22 @@ pub struct Cli {
     pub kernel: Option<PathBuf>,
 
     /// Restore the VM saved in this snapshot directory instead of booting a kernel (the VM's
-    /// shape comes from the snapshot; only --seccomp and --api-socket apply).
+    /// shape comes from the snapshot; only --seccomp, the --api-* options and the --max-*
+    /// limits apply).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "initrd", "cmdline", "cpus", "memory", "mte", "sdei", "pmu", "sve", "pauth", "its",
         "pmem"
     ])]
     pub restore: Option<PathBuf>,
+
+    /// With --restore: the most guest RAM a snapshot may ask for (K, M, G suffixes); a
+    /// snapshot of a larger VM is refused before anything is allocated.
+    #[arg(long, value_name = "SIZE", requires = "restore")]
+    pub max_memory: Option<String>,
+
+    /// With --restore: the most vCPUs a snapshot may ask for.
+    #[arg(long, value_name = "N", requires = "restore")]
+    pub max_cpus: Option<u8>,
 
     /// An initramfs to hand to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -262,9 +272,24 @@ impl TryFrom<Cli> for VmConfig {
             None => None,
         };
         if let Some(dir) = cli.restore {
-            return crate::snapshot::Reader::open(&dir)
+            let max_memory = match &cli.max_memory {
+                Some(s) => parse_size(s).map_err(|e| Error::Memory(s.clone(), e))?,
+                None => MAX_MEMORY,
+            };
+            let max_cpus = cli.max_cpus.unwrap_or(MAX_VCPUS);
+            let cfg = crate::snapshot::Reader::open(&dir)
                 .and_then(|r| r.manifest.shape.to_config(&dir, cli.seccomp, api_socket))
-                .map_err(|e| Error::Restore(e.to_string()));
+                .map_err(|e| Error::Restore(e.to_string()))?;
+            if cfg.memory > max_memory || cfg.cpus > max_cpus {
+                return Err(Error::Restore(format!(
+                    "the snapshot asks for {} vCPUs and {} MiB of RAM, more than the limits \
+                     (--max-cpus {max_cpus}, --max-memory {} MiB)",
+                    cfg.cpus,
+                    cfg.memory >> 20,
+                    max_memory >> 20
+                )));
+            }
+            return Ok(cfg);
         }
         let kernel = cli.kernel.ok_or_else(|| Error::Kernel {
             path: PathBuf::new(),
@@ -431,6 +456,34 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("not an octal mode"), "{e}");
         let e = cli(&["--kernel", &kp, "--api-allow-uid", "5"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn restore_limits_refuse_a_larger_snapshot_before_anything_is_built() {
+        let dir = std::env::temp_dir().join(format!("refvmm-cfg-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shape = crate::snapshot::VmShape {
+            cpus: 2,
+            memory: 512 << 20,
+            mte: false,
+            sdei: false,
+            pmu: false,
+            sve: false,
+            pauth: false,
+            cmdline: String::new(),
+        };
+        let w = crate::snapshot::Writer::create(&dir).unwrap();
+        w.finish(shape, vec![0x8000_0000, 0x8000_0001]).unwrap();
+        let d = dir.to_str().unwrap();
+        let ok = config(&["--restore", d, "--max-memory", "512M", "--max-cpus", "2"]).unwrap();
+        assert_eq!((ok.cpus, ok.memory), (2, 512 << 20));
+        for args in [["--max-memory", "256M"], ["--max-cpus", "1"]] {
+            let e = config(&["--restore", d, args[0], args[1]]).unwrap_err();
+            assert!(e.to_string().contains("more than the limits"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = cli(&["--kernel", "/k", "--max-cpus", "1"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 

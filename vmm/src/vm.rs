@@ -560,15 +560,21 @@ impl Machine {
         w.put("gic.bin", &gic.encode()).map_err(e)?;
         let mem = self.mem.clone();
         w.put_with("memory.bin", move |out| {
+            use vm_memory::Bytes;
+            // Through vm-memory's volatile accessors into a bounce buffer: the memfd is
+            // shared with other processes, so no Rust reference to guest RAM is ever formed.
+            let mut buf = vec![0u8; 1 << 20];
             for region in mem.memory().iter() {
-                let len = region.len() as usize;
-                let host = region
-                    .get_host_address(vm_memory::MemoryRegionAddress(0))
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                // SAFETY: the region is a live mapping of `len` bytes owned by `mem`; the vCPUs
-                // are paused, and device emulation does not run while the API thread is here.
-                let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
-                out.write_all(bytes)?;
+                let len = region.len();
+                let mut off = 0u64;
+                while off < len {
+                    let n = (len - off).min(buf.len() as u64) as usize;
+                    region
+                        .read_slice(&mut buf[..n], vm_memory::MemoryRegionAddress(off))
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    out.write_all(&buf[..n])?;
+                    off += n as u64;
+                }
             }
             Ok(())
         })
