@@ -45,11 +45,11 @@ pub struct Cli {
 
     /// With --restore: the most guest RAM a snapshot may ask for (K, M, G suffixes); a
     /// snapshot of a larger VM is refused before anything is allocated.
-    #[arg(long, value_name = "SIZE", requires = "restore")]
+    #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
 
     /// With --restore: the most vCPUs a snapshot may ask for.
-    #[arg(long, value_name = "N", requires = "restore")]
+    #[arg(long, value_name = "N")]
     pub max_cpus: Option<u8>,
 
     /// An initramfs to hand to the kernel.
@@ -271,6 +271,11 @@ impl TryFrom<Cli> for VmConfig {
             ),
             None => None,
         };
+        if cli.restore.is_none() && (cli.max_memory.is_some() || cli.max_cpus.is_some()) {
+            return Err(Error::Restore(
+                "--max-memory and --max-cpus limit what a snapshot may ask for: they need --restore".into(),
+            ));
+        }
         if let Some(dir) = cli.restore {
             let max_memory = match &cli.max_memory {
                 Some(s) => parse_size(s).map_err(|e| Error::Memory(s.clone(), e))?,
@@ -483,8 +488,9 @@ mod tests {
             assert!(e.to_string().contains("more than the limits"), "{e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
-        let e = cli(&["--kernel", "/k", "--max-cpus", "1"]).unwrap_err();
-        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let k = kernel_file();
+        let e = config(&["--kernel", k.path_str(), "--max-cpus", "1"]).unwrap_err();
+        assert!(e.to_string().contains("they need --restore"), "{e}");
     }
 
     #[test]
