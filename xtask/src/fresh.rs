@@ -22,6 +22,8 @@ use std::time::Instant;
 const SUITE: &str = "bookworm";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 const DEFAULT_SECURITY: &str = "http://deb.debian.org/debian-security";
+/// Fresh roots are `<ROOT_PREFIX><pid of the fresh-check that made it>`.
+const ROOT_PREFIX: &str = "/var/tmp/refvmm-fresh-root-";
 /// Where the checkout goes inside the root.
 const CHECKOUT: &str = "/work/checkout";
 /// The extra trust roots of these machines (an egress proxy's), copied into the root.
@@ -43,7 +45,8 @@ pub struct Step {
 pub fn run(keep: bool) -> Result<Vec<Step>, Fail> {
     require_root()?;
     ensure_debootstrap()?;
-    let root = PathBuf::from(format!("/var/tmp/refvmm-fresh-root-{}", std::process::id()));
+    remove_stale_roots();
+    let root = PathBuf::from(format!("{ROOT_PREFIX}{}", std::process::id()));
     let log_dir = workspace_root().join("target/xtask-logs");
     fs::create_dir_all(&log_dir)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", log_dir.display())))?;
@@ -74,6 +77,41 @@ pub fn run(keep: bool) -> Result<Vec<Step>, Fail> {
         );
     }
     result
+}
+
+/// Unmounts and removes the roots of earlier fresh-checks that were killed (their process is
+/// gone). A root is removed only once nothing is mounted under it: a bound `/dev` must never
+/// be deleted through it.
+fn remove_stale_roots() {
+    let Some(parent) = Path::new(ROOT_PREFIX).parent() else {
+        return;
+    };
+    let prefix = Path::new(ROOT_PREFIX)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if pid.is_empty() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let root = e.path();
+        for m in ["dev", "sys", "proc"] {
+            let _ = Command::new("umount").arg("-R").arg(root.join(m)).status();
+        }
+        if Mounts::none_left(&root) {
+            eprintln!("xtask: removing the stale fresh root {}", root.display());
+            let _ = fs::remove_dir_all(&root);
+        } else {
+            eprintln!(
+                "xtask: {} is left from a killed run and still has mounts; umount -R it by hand",
+                root.display()
+            );
+        }
+    }
 }
 
 fn require_root() -> Result<(), Fail> {
@@ -284,11 +322,12 @@ impl Mounts {
     /// No mount of the host's table lies under `root`.
     fn none_left(root: &Path) -> bool {
         let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let prefix = root.display().to_string();
+        let root = root.display().to_string();
+        let below = format!("{root}/");
         !table
             .lines()
             .filter_map(|l| l.split_whitespace().nth(1))
-            .any(|m| m.starts_with(&prefix))
+            .any(|m| m == root || m.starts_with(&below))
     }
 }
 
