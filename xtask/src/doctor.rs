@@ -102,12 +102,26 @@ fn missing_pkg(what: &'static str, package: &str, detail: String) -> Missing {
     }
 }
 
-/// The last few lines of a failed command's diagnostics.
+/// The telling lines of a failed command's diagnostics: the first two that say what could
+/// not be found or what failed, else the last two.
 fn tail(o: &Output) -> String {
     let text = String::from_utf8_lossy(&o.stderr);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(2);
-    lines[start..].join(" / ")
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let telling: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("cannot find") || l.contains("fatal error") || l.contains("error:"))
+        .take(2)
+        .collect();
+    if telling.is_empty() {
+        lines[lines.len().saturating_sub(2)..].join(" / ")
+    } else {
+        telling.join(" / ")
+    }
 }
 
 fn runs(tool: &'static str, args: &[&str], package: &str) -> Result<(), Missing> {
