@@ -13,6 +13,7 @@ pub mod migration;
 pub mod mte;
 pub mod refvmm_api;
 pub mod refvmm_cli;
+pub mod refvmm_snapshot;
 pub mod router;
 pub mod sdei;
 pub mod virtio_pmem;
@@ -21,6 +22,7 @@ pub use migration::run_sdei_snapshot_decode;
 pub use mte::run_mte_tag_snapshot_decode;
 pub use refvmm_api::run_refvmm_api;
 pub use refvmm_cli::run_refvmm_cli;
+pub use refvmm_snapshot::{run_refvmm_api_framing, run_refvmm_snapshot_manifest};
 pub use router::run_smccc_dispatch;
 pub use sdei::run_sdei_sequences;
 pub use virtio_pmem::run_virtio_pmem;
@@ -29,7 +31,7 @@ pub use virtio_pmem::run_virtio_pmem;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 9] = [
     ("smccc_dispatch", run_smccc_dispatch),
     ("sdei_sequences", run_sdei_sequences),
     ("sdei_snapshot_decode", run_sdei_snapshot_decode),
@@ -37,4 +39,6 @@ pub const TARGETS: [Target; 7] = [
     ("refvmm_cli", run_refvmm_cli),
     ("refvmm_api", run_refvmm_api),
     ("virtio_pmem", run_virtio_pmem),
+    ("refvmm_snapshot_manifest", run_refvmm_snapshot_manifest),
+    ("refvmm_api_framing", run_refvmm_api_framing),
 ];

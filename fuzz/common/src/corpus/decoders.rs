@@ -353,3 +353,81 @@ pub fn mte_snapshot_seeds() -> Vec<Seed> {
     seeds.push(Seed::new(t, "trailing-byte", trailing));
     seeds
 }
+
+/// refvmm snapshot manifests: the shapes refvmm writes (one and four vCPUs, with and without
+/// MTE and SDEI), and damaged copies (truncated, a flipped payload byte, bad magic, a newer
+/// version, a header that lies about the length).
+pub fn refvmm_manifest_seeds() -> Vec<Seed> {
+    use refvmm::snapshot::{encode_manifest, Component, Manifest, VmShape};
+    let manifest = |cpus: u8, memory: u64, mte: bool, sdei: bool| {
+        let mut components = vec![
+            ("vcpus.bin", 4096 * u64::from(cpus)),
+            ("gic.bin", 70_000),
+            ("memory.bin", memory),
+            ("serial.bin", 12),
+        ];
+        if mte {
+            components.push(("mte-tags.bin", memory / 32 / 1024));
+        }
+        if sdei {
+            components.push(("sdei.bin", 900));
+        }
+        Manifest {
+            shape: VmShape {
+                cpus,
+                memory,
+                mte,
+                sdei,
+                pmu: cpus > 1,
+                sve: false,
+                pauth: cpus > 2,
+                cmdline: "console=ttyS0 rdinit=/init quiet".into(),
+            },
+            mpidrs: (0..u64::from(cpus)).map(|i| 0x8000_0000 | i).collect(),
+            components: components
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, len))| Component {
+                    name: name.into(),
+                    len,
+                    crc: 0x1234_5678 ^ i as u32,
+                })
+                .collect(),
+        }
+    };
+    let small = encode_manifest(&manifest(1, 64 << 20, false, false));
+    let full = encode_manifest(&manifest(2, 512 << 20, true, true));
+    let big = encode_manifest(&manifest(4, 4 << 30, true, false));
+    let mut seeds = vec![
+        Seed::new("refvmm_snapshot_manifest", "one-vcpu", small.clone()),
+        Seed::new(
+            "refvmm_snapshot_manifest",
+            "two-vcpus-mte-sdei",
+            full.clone(),
+        ),
+        Seed::new("refvmm_snapshot_manifest", "four-vcpus-4g", big),
+        Seed::new("refvmm_snapshot_manifest", "empty", Vec::new()),
+        Seed::new(
+            "refvmm_snapshot_manifest",
+            "header-only",
+            full[..refvmm::snapshot::HEADER_LEN].to_vec(),
+        ),
+        Seed::new(
+            "refvmm_snapshot_manifest",
+            "truncated",
+            full[..full.len() - 3].to_vec(),
+        ),
+    ];
+    let mut damage = |name: &str, at: usize, value: u8| {
+        let mut d = full.clone();
+        d[at] = value;
+        seeds.push(Seed::new("refvmm_snapshot_manifest", name, d));
+    };
+    damage("bad-magic", 0, b'X');
+    damage("newer-major", 8, 2);
+    damage("newer-minor", 10, 1);
+    damage("unknown-flags", 12, 1);
+    damage("length-lies", 16, 0xff);
+    damage("payload-byte-flipped", full.len() - 1, 0x5a);
+    seeds
+}

@@ -54,6 +54,8 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(parsers::cli_seeds());
     all.extend(parsers::api_seeds());
     all.extend(virtio::virtio_pmem_seeds());
+    all.extend(decoders::refvmm_manifest_seeds());
+    all.extend(parsers::api_framing_seeds());
     all
 }
 

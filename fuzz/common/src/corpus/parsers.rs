@@ -98,3 +98,31 @@ pub fn api_seeds() -> Vec<Seed> {
         .map(|(name, text)| Seed::new("refvmm_api", name, text))
         .collect()
 }
+
+/// Byte streams a client may send on the API socket: whole request lines, several lines at
+/// once, no newline, a line over the size limit, bytes that are not UTF-8.
+pub fn api_framing_seeds() -> Vec<Seed> {
+    let mut streams: Vec<(&str, Vec<u8>)> = vec![
+        ("status", b"status\n".to_vec()),
+        ("snapshot", b"snapshot /var/lib/refvmm/snap-1\n".to_vec()),
+        ("signal", b"sdei-signal 0x1000000 1\n".to_vec()),
+        ("two-lines", b"pause\nquit\n".to_vec()),
+        ("no-newline", b"resume".to_vec()),
+        ("crlf", b"status\r\n".to_vec()),
+        ("empty", Vec::new()),
+        ("only-newline", b"\n".to_vec()),
+        ("not-utf8", b"status \xff\xfe\n".to_vec()),
+        ("nul", b"stat\0us\n".to_vec()),
+    ];
+    let mut long = vec![b'x'; refvmm::api::MAX_REQUEST + 10];
+    long.push(b'\n');
+    streams.push(("over-the-limit", long));
+    let mut edge = b"snapshot /".to_vec();
+    edge.resize(refvmm::api::MAX_REQUEST - 1, b'a');
+    edge.push(b'\n');
+    streams.push(("exactly-the-limit", edge));
+    streams
+        .into_iter()
+        .map(|(name, data)| Seed::new("refvmm_api_framing", name, data))
+        .collect()
+}
