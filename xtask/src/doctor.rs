@@ -29,7 +29,7 @@ pub fn check_all() -> Result<(), Fail> {
     let missing = run_checks(&dir);
     let _ = fs::remove_dir_all(&dir);
     if missing.is_empty() {
-        eprintln!("xtask: toolchain check passed (static aarch64 C and Rust links, C++, QEMU, cargo fmt/clippy/fuzz, pahole's libraries)");
+        eprintln!("xtask: toolchain check passed (static aarch64 C and Rust links, C++, QEMU, cpio, make, xz, cargo fmt/clippy/fuzz, pahole's libraries)");
         return Ok(());
     }
     let mut msg = String::from("the toolchain is incomplete; missing:");
@@ -49,7 +49,7 @@ fn run_checks(dir: &Path) -> Vec<Missing> {
             missing.push(m);
         }
     };
-    for (tool, package) in [("cpio", "cpio"), ("make", "make")] {
+    for (tool, package) in [("cpio", "cpio"), ("make", "make"), ("xz", "xz-utils")] {
         need(runs(tool, &["--version"], package));
     }
     if !arm64 {

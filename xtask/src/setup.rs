@@ -32,6 +32,8 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "libc6-dev-arm64-cross",
     "cpio",
     "make",
+    // xz: the guest scenarios decompress the kernel's `.ko.xz` modules.
+    "xz-utils",
     // libFuzzer (built by libfuzzer-sys for cargo-fuzz) is C++.
     "g++",
     // The libraries the kernel headers' unpacked `pahole` runs with (the BTF step).
@@ -42,7 +44,7 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
 ];
 /// The same tools on an arm64 host, where the native toolchain builds everything.
 pub(crate) const APT_PACKAGES_ARM64: &[&str] = &[
-    "cpio", "make", "g++", "libdw1", "libelf1", "libbpf1", "zlib1g",
+    "cpio", "make", "xz-utils", "g++", "libdw1", "libelf1", "libbpf1", "zlib1g",
 ];
 /// The version of cargo-fuzz installed from the crate registry.
 pub(crate) const CARGO_FUZZ_VERSION: &str = "0.13.2";
