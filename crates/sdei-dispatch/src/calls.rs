@@ -7,6 +7,7 @@ use crate::abi::*;
 use crate::config::{EventRef, Priority, EVENT_0, FIRST_PPI, FIRST_SPI, LAST_SPI};
 use crate::machine::{apply, Action};
 use crate::state::Routing;
+use crate::vmm::RaiseOutcome;
 use crate::Dispatcher;
 
 impl Dispatcher {
@@ -162,7 +163,8 @@ impl Dispatcher {
         };
         match info {
             INFO_EV_TYPE => i64::from(matches!(ev, EventRef::Shared(_))),
-            INFO_EV_SIGNALED => i64::from(event == EVENT_0),
+            // 0 = "can be signalled" (event 0), 1 = cannot: TF-A's and Arm's SDEI ACS reading.
+            INFO_EV_SIGNALED => i64::from(event != EVENT_0),
             INFO_EV_PRIORITY => i64::from(facts.priority == Priority::Critical),
             INFO_EV_ROUTING_MODE | INFO_EV_ROUTING_AFF => match routing {
                 None => INVALID_PARAMETERS,
@@ -288,9 +290,12 @@ impl Dispatcher {
         let Some(vcpu) = self.layout.vcpu_by_mpidr(target) else {
             return INVALID_PARAMETERS;
         };
-        // Like the SGI behind event 0 on hardware: dropped if the target has no handler.
-        let _ = self.raise_on(vcpu, EventRef::Private(0));
-        SUCCESS
+        // A target that has not registered event 0 could never take the signal: refused rather
+        // than accepted and dropped, so the caller learns it.
+        match self.raise_on(vcpu, EventRef::Private(0)) {
+            RaiseOutcome::NotRegistered => INVALID_PARAMETERS,
+            _ => SUCCESS,
+        }
     }
 
     pub(crate) fn features(&self, feature: u32) -> i64 {
