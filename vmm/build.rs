@@ -32,6 +32,7 @@ mod kvm {
     ioctl_iow_nr!(KVM_SET_ONE_REG, KVMIO, 0xac, kvm_one_reg);
     ioctl_iowr_nr!(KVM_GET_REG_LIST, KVMIO, 0xb0, kvm_reg_list);
     ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
     ioctl_iow_nr!(KVM_GET_DEVICE_ATTR, KVMIO, 0xe2, kvm_device_attr);
     // kvm-bindings has `kvm_arm_copy_mte_tags` only when built for aarch64, and this script
     // runs on the build host: its aarch64 size (guest_ipa, length, addr, flags, reserved[2],
@@ -42,6 +43,12 @@ mod kvm {
         _fields: [u64; 6],
     }
     ioctl_ior_nr!(KVM_ARM_MTE_COPY_TAGS, KVMIO, 0xb4, KvmArmCopyMteTags);
+    /// `struct kvm_vcpu_init` on aarch64 (target and seven feature words, `u32` each), also
+    /// aarch64-only in kvm-bindings and checked the same way.
+    pub struct KvmVcpuInit {
+        _fields: [u32; 8],
+    }
+    ioctl_iow_nr!(KVM_ARM_VCPU_INIT, KVMIO, 0xae, KvmVcpuInit);
 }
 
 /// The symbolic values a policy may use, with their aarch64 numbers.
@@ -52,6 +59,8 @@ fn symbols() -> BTreeMap<&'static str, u64> {
         ("KVM_SET_ONE_REG", kvm::KVM_SET_ONE_REG() as u64),
         ("KVM_GET_REG_LIST", kvm::KVM_GET_REG_LIST() as u64),
         ("KVM_GET_MP_STATE", kvm::KVM_GET_MP_STATE() as u64),
+        ("KVM_SET_MP_STATE", kvm::KVM_SET_MP_STATE() as u64),
+        ("KVM_ARM_VCPU_INIT", kvm::KVM_ARM_VCPU_INIT() as u64),
         ("KVM_GET_DEVICE_ATTR", kvm::KVM_GET_DEVICE_ATTR() as u64),
         ("KVM_ARM_MTE_COPY_TAGS", kvm::KVM_ARM_MTE_COPY_TAGS() as u64),
         // asm-generic/ioctls.h.

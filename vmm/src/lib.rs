@@ -11,6 +11,7 @@ pub mod fdt;
 pub mod layout;
 pub mod logger;
 pub mod pmem;
+pub mod psci;
 pub mod sandbox;
 
 #[cfg(target_arch = "aarch64")]

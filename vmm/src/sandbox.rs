@@ -422,6 +422,7 @@ mod tests {
         {
             use kvm_bindings::{
                 kvm_arm_copy_mte_tags, kvm_device_attr, kvm_mp_state, kvm_one_reg, kvm_reg_list,
+                kvm_vcpu_init,
             };
             vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
             vmm_sys_util::ioctl_iow_nr!(KVM_GET_ONE_REG, kvm_bindings::KVMIO, 0xab, kvm_one_reg);
@@ -447,6 +448,15 @@ mod tests {
             assert_eq!(sym("KVM_GET_MP_STATE"), num(KVM_GET_MP_STATE()));
             assert_eq!(sym("KVM_GET_DEVICE_ATTR"), num(KVM_GET_DEVICE_ATTR()));
             assert_eq!(sym("KVM_ARM_MTE_COPY_TAGS"), num(KVM_ARM_MTE_COPY_TAGS()));
+            vmm_sys_util::ioctl_iow_nr!(KVM_SET_MP_STATE, kvm_bindings::KVMIO, 0x99, kvm_mp_state);
+            vmm_sys_util::ioctl_iow_nr!(
+                KVM_ARM_VCPU_INIT,
+                kvm_bindings::KVMIO,
+                0xae,
+                kvm_vcpu_init
+            );
+            assert_eq!(sym("KVM_SET_MP_STATE"), num(KVM_SET_MP_STATE()));
+            assert_eq!(sym("KVM_ARM_VCPU_INIT"), num(KVM_ARM_VCPU_INIT()));
         }
     }
 

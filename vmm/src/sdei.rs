@@ -2,6 +2,11 @@
 //! forwarding the SDEI function IDs to refvmm, delivery by rewriting vCPU registers, and kicks
 //! that take a vCPU out of `KVM_RUN` when (and only when) it has an event to take.
 //!
+//! The same router answers PSCI's `CPU_OFF`, `CPU_ON` and `AFFINITY_INFO` ([`crate::psci`]), so
+//! that a vCPU's SDEI state is reset when it is turned off and again when it is turned on (as
+//! TF-A does on power-up): its private registrations go, a handler it was running is
+//! abandoned, and it is masked, so no event reaches a vCPU that is off.
+//!
 //! refvmm's own events (numbers in the dispatcher's VMM-defined range):
 //!
 //! | number | type | priority |
@@ -11,11 +16,15 @@
 //! | `0x0100_0002` | shared | normal |
 //! | `0x0100_0003` | shared | critical |
 
+use crate::psci::{Power, PowerTable, Psci};
 use crate::regs;
 use crate::vcpu::{HypercallHandler, Kicker};
 use hypercall_router::kvm::{handle_hypercall_exit, install_smccc_filter, x_reg_id};
-use hypercall_router::{Router, RouterBuilder};
-use kvm_bindings::{kvm_regs, user_pt_regs};
+use hypercall_router::{
+    Call, CallContext, FunctionId, Outcome, RegisterView, Router, RouterBuilder, Service,
+    ServiceInfo,
+};
+use kvm_bindings::{kvm_mp_state, kvm_regs, kvm_vcpu_init, user_pt_regs, KVM_MP_STATE_STOPPED};
 use kvm_ioctls::{VcpuFd, VmFd};
 use sdei_dispatch::{
     DispatcherConfig, EventDecl, EventKind, Priority, RaiseOutcome, SdeiRegisters, SdeiService,
@@ -44,8 +53,39 @@ pub const VMM_EVENTS: [(u32, EventKind, Priority); 4] = [
     (EVENT_SHARED_CRITICAL, EventKind::Shared, Priority::Critical),
 ];
 
-/// The router refvmm uses: one service (SDEI), room for a few ranges.
-pub type SdeiRouter = Router<Arc<SdeiService>, 4, 8>;
+/// A service refvmm routes: SDEI, or PSCI's CPU power calls.
+pub enum Routed {
+    /// The SDEI dispatcher.
+    Sdei(Arc<SdeiService>),
+    /// `CPU_OFF`, `CPU_ON`, `AFFINITY_INFO`.
+    Psci(Arc<Psci>),
+}
+
+impl Service for Routed {
+    fn info(&self) -> ServiceInfo<'_> {
+        match self {
+            Routed::Sdei(s) => s.info(),
+            Routed::Psci(p) => p.info(),
+        }
+    }
+
+    fn call(&self, ctx: &CallContext, call: &Call, regs: &mut RegisterView<'_>) -> Outcome {
+        match self {
+            Routed::Sdei(s) => s.call(ctx, call, regs),
+            Routed::Psci(p) => p.call(ctx, call, regs),
+        }
+    }
+
+    fn arch_features(&self, id: FunctionId) -> i32 {
+        match self {
+            Routed::Sdei(s) => s.arch_features(id),
+            Routed::Psci(p) => p.arch_features(id),
+        }
+    }
+}
+
+/// The router refvmm uses: SDEI and PSCI, room for a few ranges.
+pub type SdeiRouter = Router<Routed, 4, 8>;
 
 /// Errors setting up or using SDEI.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +96,9 @@ pub enum Error {
     /// The router refused the service.
     #[error("SDEI routing: {0}")]
     Route(String),
+    /// A vCPU's power state could not be read.
+    #[error("Cannot read the power state of vCPU {0}: {1}")]
+    Power(usize, #[source] kvm_ioctls::Error),
     /// KVM refused the SMCCC filter.
     #[error("Cannot forward SDEI calls from KVM: {0}")]
     Filter(#[source] hypercall_router::kvm::Error),
@@ -70,8 +113,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// SDEI state of the VM.
 pub struct Sdei {
     service: Arc<SdeiService>,
+    psci: Arc<Psci>,
     router: SdeiRouter,
     kicker: Arc<Kicker>,
+    /// What a vCPU turned on by `CPU_ON` resets itself with (`KVM_ARM_VCPU_INIT`).
+    reset_init: kvm_vcpu_init,
+    mpidrs: Vec<u64>,
 }
 
 impl Sdei {
@@ -93,31 +140,121 @@ impl Sdei {
         cfg
     }
 
-    /// Routes the SDEI function IDs to `service`.
-    fn with_service(service: SdeiService, kicker: Arc<Kicker>) -> Result<Self> {
+    /// Routes the SDEI function IDs to `service` and PSCI's CPU calls to a power table (every
+    /// vCPU but the first off until [`Sdei::sync_power`] reads the real states).
+    fn with_service(
+        service: SdeiService,
+        mpidrs: &[u64],
+        kicker: Arc<Kicker>,
+        reset_init: kvm_vcpu_init,
+    ) -> Result<Self> {
         let service = Arc::new(service);
-        let mut b: RouterBuilder<Arc<SdeiService>, 4, 8> = RouterBuilder::new();
-        b.register(service.clone())
+        let k = kicker.clone();
+        let psci = Arc::new(Psci::new(
+            PowerTable::at_boot(mpidrs),
+            Box::new(move |i| k.kick(i)),
+        ));
+        let mut b: RouterBuilder<Routed, 4, 8> = RouterBuilder::new();
+        b.register(Routed::Sdei(service.clone()))
+            .map_err(|e| Error::Route(e.to_string()))?;
+        b.register(Routed::Psci(psci.clone()))
             .map_err(|e| Error::Route(e.to_string()))?;
         Ok(Sdei {
             service,
+            psci,
             router: b.build(),
             kicker,
+            reset_init,
+            mpidrs: mpidrs.to_vec(),
         })
     }
 
-    /// SDEI for vCPUs with these MPIDRs, with refvmm's events declared.
-    pub fn new(mpidrs: &[u64], mte: bool, kicker: Arc<Kicker>) -> Result<Self> {
+    /// SDEI for vCPUs with these MPIDRs, with refvmm's events declared; `reset_init` is the
+    /// vCPUs' `KVM_ARM_VCPU_INIT` argument (without `POWER_OFF`).
+    pub fn new(
+        mpidrs: &[u64],
+        mte: bool,
+        kicker: Arc<Kicker>,
+        reset_init: kvm_vcpu_init,
+    ) -> Result<Self> {
         let service = SdeiService::new(Self::config(mpidrs, mte))
             .map_err(|e| Error::Config(e.to_string()))?;
-        Self::with_service(service, kicker)
+        Self::with_service(service, mpidrs, kicker, reset_init)
     }
 
     /// SDEI restored from an sdei-migration snapshot taken of a VM with the same vCPUs.
-    pub fn restore(mpidrs: &[u64], mte: bool, kicker: Arc<Kicker>, bytes: &[u8]) -> Result<Self> {
+    pub fn restore(
+        mpidrs: &[u64],
+        mte: bool,
+        kicker: Arc<Kicker>,
+        reset_init: kvm_vcpu_init,
+        bytes: &[u8],
+    ) -> Result<Self> {
         let dispatcher = sdei_migration::load(bytes, Self::config(mpidrs, mte))
             .map_err(|e| Error::Config(e.to_string()))?;
-        Self::with_service(SdeiService::from_dispatcher(dispatcher), kicker)
+        Self::with_service(
+            SdeiService::from_dispatcher(dispatcher),
+            mpidrs,
+            kicker,
+            reset_init,
+        )
+    }
+
+    /// Takes each vCPU's power state from KVM (stopped = off), once the vCPUs are set up for
+    /// boot or restored, before any runs.
+    pub fn sync_power<'a>(&self, vcpus: impl IntoIterator<Item = &'a VcpuFd>) -> Result<()> {
+        let mut power = Vec::new();
+        for (i, fd) in vcpus.into_iter().enumerate() {
+            let mp = fd.get_mp_state().map_err(|e| Error::Power(i, e))?;
+            power.push(if mp.mp_state == KVM_MP_STATE_STOPPED {
+                Power::Off
+            } else {
+                Power::On
+            });
+        }
+        *self.psci.table() = PowerTable::new(&self.mpidrs, power);
+        Ok(())
+    }
+
+    /// Whether a `CPU_ON` was accepted and its vCPU has not started yet (a snapshot taken now
+    /// would lose it).
+    pub fn power_change_pending(&self) -> bool {
+        self.psci.table().any_pending()
+    }
+
+    /// vCPU `index` called `CPU_OFF`: it stops in KVM (`KVM_RUN` sleeps until a kick) and its
+    /// SDEI state is reset.
+    fn stop_vcpu(&self, vcpu: &VcpuFd, index: usize) {
+        let stopped = kvm_mp_state {
+            mp_state: KVM_MP_STATE_STOPPED,
+        };
+        if let Err(e) = vcpu.set_mp_state(stopped) {
+            crate::guest_log!(
+                log::Level::Error,
+                "vCPU {index}: cannot stop after CPU_OFF: {e}"
+            );
+        }
+        let _ = self.service.dispatcher().reset_vcpu(index);
+        log::debug!("vCPU {index}: off (PSCI CPU_OFF)");
+    }
+
+    /// vCPU `index` was turned on by `CPU_ON`: reset, entry point, context ID in x0, EL1h with
+    /// DAIF masked, and a reset SDEI state.
+    fn start_vcpu(&self, vcpu: &VcpuFd, index: usize, entry: u64, context: u64) {
+        let _ = self.service.dispatcher().reset_vcpu(index);
+        let mut r = KvmSdeiRegs(vcpu);
+        let res = vcpu.vcpu_init(&self.reset_init).and_then(|()| {
+            r.set_pstate(regs::PSTATE_EL1H_DAIF)?;
+            r.set_pc(entry)?;
+            r.set_x(0, context)
+        });
+        match res {
+            Ok(()) => log::debug!("vCPU {index}: on at {entry:#x} (PSCI CPU_ON)"),
+            Err(e) => crate::guest_log!(
+                log::Level::Error,
+                "vCPU {index}: cannot start after CPU_ON: {e}"
+            ),
+        }
     }
 
     /// The dispatcher's state in sdei-migration's format.
@@ -220,6 +357,21 @@ impl HypercallHandler for Sdei {
             );
             return;
         }
+        if self.psci.table().take_stop(i) {
+            self.stop_vcpu(vcpu, i);
+            return;
+        }
+        // A call can leave an event pending on another vCPU (EVENT_SIGNAL; an unmask or
+        // routing change making a shared event deliverable elsewhere): kick it there.
+        let kicks: Vec<usize> = self
+            .service
+            .dispatcher()
+            .vcpus_needing_kick()
+            .filter(|v| *v != i)
+            .collect();
+        for v in kicks {
+            self.kicker.kick(v);
+        }
         if let Some(w) = self.service.take_control_writes(i) {
             let mut r = KvmSdeiRegs(vcpu);
             let res = (|| {
@@ -247,13 +399,17 @@ impl HypercallHandler for Sdei {
     }
 
     fn wants_registers(&self, index: u8) -> bool {
-        self.service
-            .dispatcher()
-            .pending_dispatch(usize::from(index))
+        let i = usize::from(index);
+        matches!(self.psci.table().power(i), Some(Power::OnPending { .. }))
+            || self.service.dispatcher().pending_dispatch(i)
     }
 
     fn before_run(&self, vcpu: &VcpuFd, index: u8) {
         let i = usize::from(index);
+        let start = self.psci.table().take_start(i);
+        if let Some((entry, context)) = start {
+            self.start_vcpu(vcpu, i, entry, context);
+        }
         // Deliver while out of KVM_RUN; at most one event per entry (a critical event can
         // still pre-empt the normal handler just entered on the next pass).
         if !self.service.dispatcher().pending_dispatch(i) {

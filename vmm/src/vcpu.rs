@@ -287,6 +287,8 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
     mpidr: u64,
+    /// The `KVM_ARM_VCPU_INIT` argument, without `POWER_OFF` (a reset repeats it).
+    init: kvm_vcpu_init,
 }
 
 impl Vcpu {
@@ -310,6 +312,8 @@ impl Vcpu {
                 (1 << KVM_ARM_VCPU_PTRAUTH_ADDRESS) | (1 << KVM_ARM_VCPU_PTRAUTH_GENERIC);
         }
         fd.vcpu_init(&init).map_err(|e| Error::Init(index, e))?;
+        let mut reset_init = init;
+        reset_init.features[0] &= !(1 << KVM_ARM_VCPU_POWER_OFF);
         if features.sve {
             // Keep every vector length KVM offers (the default set) and finalize.
             let what = KVM_ARM_VCPU_SVE as i32;
@@ -319,6 +323,7 @@ impl Vcpu {
             fd,
             index,
             mpidr: 0,
+            init: reset_init,
         };
         v.mpidr = v.get(regs::MPIDR_EL1)?;
         Ok(v)
@@ -378,6 +383,11 @@ impl Vcpu {
         self.fd
             .set_device_attr(&init)
             .map_err(|e| Error::Init(self.index, e))
+    }
+
+    /// The `KVM_ARM_VCPU_INIT` argument that resets this vCPU (PSCI `CPU_ON`).
+    pub fn reset_init(&self) -> kvm_vcpu_init {
+        self.init
     }
 
     /// MPIDR_EL1 as KVM assigned it.

@@ -216,11 +216,12 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         source,
     })?;
     let sdei = if cfg.sdei {
+        let reset_init = vcpus.first().map(Vcpu::reset_init).unwrap_or_default();
         let s = match &snapshot {
-            None => Sdei::new(&mpidrs, cfg.mte, kicker.clone())?,
+            None => Sdei::new(&mpidrs, cfg.mte, kicker.clone(), reset_init)?,
             Some(r) => {
                 let bytes = r.read("sdei.bin").map_err(Error::Snapshot)?;
-                Sdei::restore(&mpidrs, cfg.mte, kicker.clone(), &bytes)?
+                Sdei::restore(&mpidrs, cfg.mte, kicker.clone(), reset_init, &bytes)?
             }
         };
         let s = Arc::new(s);
@@ -273,6 +274,9 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             }
         }
         (None, None) => {}
+    }
+    if let Some(s) = &sdei {
+        s.sync_power(vcpus.iter().map(Vcpu::fd))?;
     }
     // The console comes after the GIC: restoring one raises its pending interrupt again, which
     // the GIC must not wipe with its own restored state.
@@ -521,7 +525,7 @@ impl Machine {
         }
         let was_paused = self.control.is_paused();
         let t0 = std::time::Instant::now();
-        let states = self.control.pause(&self.kicker);
+        let states = self.pause_settled(was_paused);
         let result = states.and_then(|states| self.write_snapshot(dir, &states));
         match &result {
             Ok(_) => log::info!("snapshot written to {}", dir.display()),
@@ -540,6 +544,30 @@ impl Machine {
                 t0.elapsed().as_millis()
             )
         })
+    }
+
+    /// Pauses the vCPUs (see `VcpuControl::pause`) at a moment when no PSCI `CPU_ON` is half
+    /// done: an accepted `CPU_ON` whose vCPU has not started yet lives only in the power table,
+    /// which a snapshot does not hold, so the VM runs on for a moment (10 ms at a time, up to
+    /// a second) until the vCPU has started. A VM the operator paused is not resumed for this.
+    fn pause_settled(
+        &self,
+        was_paused: bool,
+    ) -> std::result::Result<Vec<snapshot::vcpu::VcpuState>, String> {
+        for _ in 0..100 {
+            let states = self.control.pause(&self.kicker)?;
+            if !self.sdei.as_ref().is_some_and(|s| s.power_change_pending()) {
+                return Ok(states);
+            }
+            if was_paused {
+                return Err(
+                    "a PSCI CPU_ON is under way in the paused VM; resume it and retry".into(),
+                );
+            }
+            self.control.resume();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err("a PSCI CPU_ON stayed under way for a second; no snapshot was taken".into())
     }
 
     fn write_snapshot(

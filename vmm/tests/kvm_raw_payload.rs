@@ -177,7 +177,7 @@ fn sdei_events_raised_during_mmio_exits_enter_the_handler_at_its_entry_point() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_for = |needle: &[u8], seen: &mut Vec<u8>| -> Result<(), String> {
+    let wait_for = |needle: &[u8], seen: &mut Vec<u8>| -> Result<(), String> {
         let start = seen.len();
         loop {
             if seen[start..].windows(needle.len()).any(|w| w == needle) {
@@ -384,6 +384,32 @@ fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
     let status = b.child.wait().unwrap().code();
     let _ = std::fs::remove_dir_all(&tmp);
     assert_eq!(status, Some(0), "{}", b.drain());
+}
+
+/// PSCI power transitions reach the SDEI dispatcher: cpu 1 turns itself off inside its event
+/// handler (registered, enabled, handler running); while it is off an event raised for it
+/// finds nothing registered; after `CPU_ON` it starts masked with nothing registered, and once
+/// it registers again it takes the next event.
+#[test]
+fn cpu_off_and_cpu_on_reset_the_sdei_state_of_a_vcpu() {
+    let tmp = scratch_dir("hotplug");
+    let sock = tmp.join("vm.sock");
+    let mut vm = Running::with_api(2, &sock, "payload.hotplug=1");
+    vm.wait_for(b"cpu 1 armed, round 1\n");
+    assert_eq!(api(&sock, "sdei-signal 0x1000000 1"), "ok pending");
+    vm.wait_for(b"cpu 1 is off, its handler unfinished\n");
+    assert_eq!(
+        api(&sock, "sdei-signal 0x1000000 1"),
+        "ok not-registered",
+        "an event raised for a vCPU that is off must not wait for it"
+    );
+    vm.send(b"g");
+    vm.wait_for(b"cpu 1 armed, round 2\n");
+    assert_eq!(api(&sock, "sdei-signal 0x1000000 1"), "ok pending");
+    vm.wait_for(b"raw-payload: PASS\n");
+    let status = vm.child.wait().unwrap().code();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(status, Some(0), "{}", vm.drain());
 }
 
 /// The virtual timer keeps interrupting across snapshot and restore, also when the snapshot
