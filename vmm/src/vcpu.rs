@@ -7,7 +7,7 @@ use crate::regs;
 use kvm_bindings::{
     kvm_vcpu_init, KVM_ARM_VCPU_PMU_V3, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
     KVM_ARM_VCPU_PTRAUTH_ADDRESS, KVM_ARM_VCPU_PTRAUTH_GENERIC, KVM_ARM_VCPU_SVE,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_EXIT_ARM_NISV, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::cell::Cell;
@@ -511,6 +511,29 @@ impl Vcpu {
                             self.set(regs::X0, u64::MAX)?;
                         }
                     }
+                }
+                VcpuExit::Unsupported(KVM_EXIT_ARM_NISV) => {
+                    // SAFETY: the exit reason says KVM filled the `arm_nisv` member of the
+                    // kvm_run union; it is plain data, read once while this thread owns the run
+                    // area between KVM_RUNs.
+                    let ipa = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.arm_nisv.fault_ipa };
+                    if !bus.is_read_only_memory(ipa) {
+                        log::error!(
+                            "vCPU {}: an access at {ipa:#x} that KVM cannot decode (no valid \
+                             syndrome) outside read-only memory",
+                            self.index
+                        );
+                        return Ok(VcpuStop::Crash);
+                    }
+                    crate::guest_log!(
+                        log::Level::Warn,
+                        "vCPU {}: a write to read-only memory at {ipa:#x} was dropped",
+                        self.index
+                    );
+                    // Skip the store (A64 instructions are 4 bytes): the write is dropped, as
+                    // KVM drops decodable writes to read-only memory it hands to userspace.
+                    let pc = self.get(regs::PC)?;
+                    self.set(regs::PC, pc.wrapping_add(4))?;
                 }
                 VcpuExit::FailEntry(reason, cpu) => {
                     log::error!(

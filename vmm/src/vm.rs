@@ -388,6 +388,19 @@ fn add_pmem_devices(
         what: "pmem regions",
         source: std::io::Error::other("they do not fit below the guest-physical address limit"),
     })?;
+    if cfg.pmem.iter().any(|p| p.readonly) {
+        // Guest stores KVM cannot decode (no valid syndrome: stp, ldp/stp pairs in memcpy) to
+        // a read-only slot would otherwise fail KVM_RUN and stop the VM; with this they exit
+        // to refvmm, which drops them (`vcpu::Vcpu::run`).
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_ARM_NISV_TO_USER,
+            ..Default::default()
+        };
+        handle.vm().enable_cap(&cap).map_err(|e| Error::Device {
+            what: "read-only virtio-pmem (KVM_CAP_ARM_NISV_TO_USER, Linux 5.5)",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+    }
     let mut slots = Vec::with_capacity(cfg.pmem.len());
     for (i, (pcfg, base)) in cfg.pmem.iter().zip(bases).enumerate() {
         let device_err = |source: std::io::Error| Error::Device {
@@ -398,6 +411,9 @@ fn add_pmem_devices(
             .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
         let backing = PmemBacking::open(pcfg, i, cfg.mte)?;
         let slot = handle.add_mapping(GuestAddress(base), backing.mapping(), pcfg.readonly)?;
+        if pcfg.readonly {
+            bus.add_read_only_memory(base, pcfg.size);
+        }
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
         handle
             .vm()

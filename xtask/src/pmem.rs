@@ -31,7 +31,11 @@ mode=$(sed -n 's/.*pmemmode=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "@@PMEM-DEVS $(ls /dev | grep pmem | tr '\n' ' ')"
 for d in /dev/pmem*; do
   n=${d#/dev/pmem}
-  printf "PMEM-PATTERN-$tag-$n" | dd of=$d bs=4096 conv=sync,fsync 2>/dev/null && echo "@@FLUSHED $n"
+  if printf "PMEM-PATTERN-$tag-$n" | dd of=$d bs=4096 conv=sync,fsync 2>/tmp/dd.err; then
+    echo "@@FLUSHED $n"
+  else
+    echo "@@FLUSH-FAILED-$tag $n $(tail -n 1 /tmp/dd.err)"
+  fi
 done
 grep -qw mte /proc/cpuinfo && /bin/pmem_mte_probe /dev/pmem0
 echo "@@GUEST-DONE"
@@ -76,6 +80,10 @@ boot kill hang --pmem file=/work/pm-kill.img
 echo "@@FILE-kill $(head_of /work/pm-kill.img)"
 boot mte hang --mte --pmem file=/dev/shm/pm-mte.img --pmem memfd,size=8M
 echo "@@FILE-mte $(head_of /dev/shm/pm-mte.img)"
+dd if=/dev/zero of=/work/pm-ro.img bs=1M count=0 seek=16 2>/dev/null
+echo "@@RO-BEFORE $(md5sum < /work/pm-ro.img)"
+boot ro poweroff --pmem file=/work/pm-ro.img,readonly=on
+echo "@@RO-AFTER $(md5sum < /work/pm-ro.img)"
 mkdir -p /mnt/ramfs && mount -t ramfs ramfs /mnt/ramfs
 dd if=/dev/zero of=/mnt/ramfs/pm.img bs=1M count=0 seek=16 2>/dev/null
 try() { key=$1; shift; r=$("$@" 2>&1); echo "$key $r status $?"; }
@@ -199,6 +207,27 @@ pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
                 .then(|| format!("{key} = {v:?}, refvmm exit {status:?}, expected {want:?}")),
         ));
     }
+    let (ro_failed, before, after) = (m("@@FLUSH-FAILED-ro"), m("@@RO-BEFORE"), m("@@RO-AFTER"));
+    let dropped = out
+        .lines()
+        .filter(|l| l.contains("a write to read-only memory at") && l.contains("was dropped"))
+        .count();
+    checks.push(check(
+        "pmem: on a read-only pmem, the guest's dd conv=fsync fails with an I/O error, the file is unchanged, the VM runs on",
+        (!ro_failed.starts_with("0 ")
+            || !ro_failed.contains("Input/output error")
+            || before.is_empty()
+            || before != after
+            || m("@@EXIT-ro") != "0"
+            || dropped == 0
+            || out.lines().any(|l| l.starts_with("@@FLUSH-FAILED-") && !l.starts_with("@@FLUSH-FAILED-ro")))
+        .then(|| {
+            format!(
+                "dd {ro_failed:?}, file md5 before {before:?} after {after:?}, exit {:?}, {dropped} dropped-write lines",
+                m("@@EXIT-ro")
+            )
+        }),
+    ));
     checks.push(check(
         "pmem: refvmm threads run under seccomp filters with pmem devices (Seccomp: 2)",
         crate::guest::threads_filtered(&out, &["refvmm", "vcpu0"]),

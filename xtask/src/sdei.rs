@@ -37,6 +37,23 @@ echo "@@STEP4"
 read -r done_line
 sleep 3
 dump 4
+# Phases 5-8: CPU 1 goes offline (5, 7) and comes back (6, 8) while the VMM side raises events;
+# it answers on the console after each step.
+p=5
+for round in 1 2; do
+  echo 0 > /sys/devices/system/cpu/cpu1/online
+  echo "@@STEP5OFF $round online=$(cat /sys/devices/system/cpu/online)"
+  read -r ack
+  sleep 2
+  dump $p
+  p=$((p+1))
+  echo 1 > /sys/devices/system/cpu/cpu1/online
+  echo "@@STEP5ON $round online=$(cat /sys/devices/system/cpu/online)"
+  read -r ack
+  sleep 2
+  dump $p
+  p=$((p+1))
+done
 echo "@@GUEST-ALIVE $(echo ok)"
 poweroff -f
 "#;
@@ -68,6 +85,17 @@ while IFS= read -r line; do
       done
       echo "@@L1-PENDING $p"
       echo "done" >&3 ;;
+    *@@STEP5OFF*)
+      a=$(ctl sdei-signal 0x1000000 1); b=$(ctl sdei-signal 0x1000000 0)
+      s=""
+      for i in 1 2 3 4 5; do s="$s $(ctl sdei-signal 0x1000002)"; sleep 1; done
+      echo "@@CTL5OFF $a $b$s"
+      echo "go" >&3 ;;
+    *@@STEP5ON*)
+      sleep 1
+      a=$(ctl sdei-signal 0x1000000 1); sleep 1; b=$(ctl sdei-signal 0x1000002)
+      echo "@@CTL5ON $a $b"
+      echo "go" >&3 ;;
   esac
 done
 "#;
@@ -211,6 +239,7 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
             )),
         },
     ));
+    checks.extend(hotplug_checks(&out, &d));
     checks.push(check(
         "sdei: every refvmm thread runs under a seccomp filter (Seccomp: 2)",
         crate::guest::threads_filtered(&out, &["refvmm", "vcpu0", "vcpu1"]),
@@ -221,4 +250,74 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
             .then(|| format!("{:?}", marker(&out, "@@REFVMM-EXIT"))),
     ));
     Ok(checks)
+}
+
+/// Phases 5-8: CPU 1 offline (5, 7) and online again (6, 8), twice.
+fn hotplug_checks(out: &str, d: &[Delivery]) -> Vec<Check> {
+    const PRIV_N: u32 = 0x0100_0000;
+    let lines = |tag: &str| -> Vec<&str> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(str::trim)
+            .collect()
+    };
+    let (off, on) = (lines("@@STEP5OFF"), lines("@@STEP5ON"));
+    let mut checks = vec![check(
+        "sdei hotplug: the guest takes CPU 1 offline and online again, twice",
+        (off != ["1 online=0", "2 online=0"] || on != ["1 online=0-1", "2 online=0-1"])
+            .then(|| format!("offline steps {off:?}, online steps {on:?}")),
+    )];
+    let ctl_off = lines("@@CTL5OFF");
+    checks.push(check(
+        "sdei hotplug: while CPU 1 is off its private event finds nothing registered, CPU 0's and the shared one are accepted",
+        (ctl_off.len() != 2
+            || ctl_off
+                .iter()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    != ["not-registered", "pending", "pending", "pending", "pending", "pending", "pending"]))
+        .then(|| format!("answers {ctl_off:?}")),
+    ));
+    // A dump lists the module's recent records, so one can first show a delivery from an
+    // earlier phase (when that phase's line was split on the console): a phase's own
+    // deliveries are those numbered from the record count the previous dump reported.
+    let records_at = |phase: u32| -> Option<u64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("@@REC{phase} sdei_test: total records=")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    let newer_than_earlier = |x: &&Delivery| {
+        let first = records_at(x.phase - 1).unwrap_or_else(|| {
+            d.iter()
+                .filter(|y| y.phase < x.phase)
+                .map(|y| y.seq + 1)
+                .max()
+                .unwrap_or(0)
+        });
+        x.seq >= first
+    };
+    let off_phase: Vec<&Delivery> = d
+        .iter()
+        .filter(|x| x.phase == 5 || x.phase == 7)
+        .filter(newer_than_earlier)
+        .collect();
+    let off_shared = off_phase.iter().filter(|x| x.event == 0x0100_0002).count();
+    checks.push(check(
+        "sdei hotplug: no event reaches CPU 1 while it is offline; events keep reaching CPU 0",
+        (off_phase.iter().any(|x| x.cpu == 1)
+            || off_shared != 10
+            || !off_phase.iter().any(|x| x.event == PRIV_N && x.cpu == 0))
+        .then(|| format!("deliveries while CPU 1 was off: {off_phase:?}")),
+    ));
+    let ctl_on = lines("@@CTL5ON");
+    let back: Vec<&Delivery> = d.iter().filter(|x| x.phase == 6 || x.phase == 8).collect();
+    checks.push(check(
+        "sdei hotplug: once back online, CPU 1 takes its private event again (each round)",
+        (ctl_on != ["pending pending", "pending pending"]
+            || ![6, 8].iter().all(|p| {
+                back.iter()
+                    .any(|x| x.phase == *p && x.event == PRIV_N && x.cpu == 1)
+            }))
+        .then(|| format!("answers {ctl_on:?}, deliveries {back:?}")),
+    ));
+    checks
 }

@@ -39,6 +39,8 @@ pub enum Error {
 pub struct MmioBus {
     slots: Vec<Slot>,
     unbacked: AtomicU64,
+    /// Guest memory mapped read-only (`base`, `size`): writes to it leave KVM as MMIO exits.
+    read_only: Vec<(u64, u64)>,
 }
 
 /// Log at most this many unbacked accesses, then only every 2^16th.
@@ -66,6 +68,19 @@ impl MmioBus {
         self.slots.push(Slot { base, size, dev });
         self.slots.sort_by_key(|s| s.base);
         Ok(())
+    }
+
+    /// Records guest memory at `base..base + size` that KVM maps read-only (a read-only
+    /// pmem region): the guest's writes there are dropped, also those KVM cannot decode.
+    pub fn add_read_only_memory(&mut self, base: u64, size: u64) {
+        self.read_only.push((base, size));
+    }
+
+    /// Whether `addr` is in read-only guest memory ([`MmioBus::add_read_only_memory`]).
+    pub fn is_read_only_memory(&self, addr: u64) -> bool {
+        self.read_only
+            .iter()
+            .any(|&(base, size)| addr >= base && addr - base < size)
     }
 
     fn find(&self, addr: u64, len: usize) -> Option<(&Slot, u64)> {
