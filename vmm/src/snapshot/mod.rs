@@ -17,8 +17,11 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
+pub mod gic_state;
+pub mod kvm_abi;
 #[cfg(target_arch = "aarch64")]
 pub mod vcpu;
+pub mod vcpu_state;
 
 use crate::config::{CpuFeatures, SeccompMode, VmConfig};
 use serde::{Deserialize, Serialize};
