@@ -179,3 +179,40 @@ fn cli_seeds_include_accepted_pmem_devices() {
 
     assert_eq!(accepted, vec![1, 2], "pmem seeds accepted, devices each");
 }
+
+#[test]
+fn state_seeds_include_states_restore_accepts_and_refuses() {
+    use refvmm::snapshot::gic_state::GicState;
+    use refvmm::snapshot::vcpu_state::VcpuState;
+
+    let gic = inputs(&default_dir().join("refvmm_gic_state"));
+    let gic_ok = gic
+        .iter()
+        .filter(|(_, d)| GicState::decode(d).is_ok())
+        .count();
+    let built = gic
+        .iter()
+        .filter_map(|(_, d)| fuzz_common::refvmm_state::gic_input(d))
+        .filter(|i| i.damage.is_some() && i.valid_shape && i.state.check().is_err())
+        .count();
+    let vcpus: Vec<Option<Vec<VcpuState>>> = inputs(&default_dir().join("refvmm_vcpu_state"))
+        .iter()
+        .map(|(_, d)| refvmm::snapshot::decode("vCPU state", d).ok())
+        .collect();
+    let all_ok = |states: &Vec<VcpuState>, want: bool| {
+        states.iter().enumerate().all(|(i, s)| s.check(i).is_ok()) == want
+    };
+    let accepted = vcpus
+        .iter()
+        .flatten()
+        .filter(|s| !s.is_empty() && all_ok(s, true));
+    let refused = vcpus.iter().flatten().filter(|s| all_ok(s, false));
+
+    assert_eq!(gic_ok, 5, "GIC states that decode");
+    assert_eq!(
+        built, 6,
+        "every kind of damage to a built GIC state is refused"
+    );
+    assert!(accepted.count() >= 4, "vCPU states restore accepts");
+    assert!(refused.count() >= 4, "vCPU states restore refuses");
+}

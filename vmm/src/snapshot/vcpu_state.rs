@@ -63,7 +63,9 @@ impl VcpuState {
 
     /// Checks what restoring vCPU `index` requires of the state alone, before anything is
     /// written to KVM: at most [`MAX_REGS`] registers, each value exactly the size its id
-    /// says and at most [`MAX_REG_BYTES`], and an MP state KVM defines. (`super::vcpu::restore`
+    /// says and at most [`MAX_REG_BYTES`], no register twice (`save` writes each register
+    /// `KVM_GET_REG_LIST` names once; with two values [`VcpuState::reg_u64`] and
+    /// [`unify_counters`] would see one and KVM keep the other), and an MP state KVM defines. (`super::vcpu::restore`
     /// also insists that the vCPU lists every saved register.)
     pub fn check(&self, index: usize) -> Result<()> {
         if self.regs.len() > MAX_REGS {
@@ -83,6 +85,14 @@ impl VcpuState {
                     ),
                 ));
             }
+        }
+        let mut ids: Vec<u64> = self.regs.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Invalid(
+                index,
+                format!("register {:#x} is saved twice", w[0]),
+            ));
         }
         if self.mp_state > kvm_abi::MP_STATE_SUSPENDED {
             return Err(Error::Invalid(index, format!("MP state {}", self.mp_state)));
@@ -182,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn check_refuses_wrong_sizes_too_many_registers_and_unknown_mp_states() {
+    fn check_refuses_wrong_sizes_too_many_or_repeated_registers_and_unknown_mp_states() {
         let good = state(1, 2, 3);
         assert!(good.check(0).is_ok());
         let mut short = good.clone();
@@ -199,6 +209,9 @@ mod tests {
             regs: vec![(PC, vec![0; 8]); MAX_REGS + 1],
         };
         assert!(many.check(0).is_err());
+        let mut twice = good.clone();
+        twice.regs.push((PC, vec![0; 8]));
+        assert!(matches!(twice.check(1), Err(Error::Invalid(1, m)) if m.contains("twice")));
         let mut mp = good;
         mp.mp_state = kvm_abi::MP_STATE_SUSPENDED;
         assert!(mp.check(0).is_ok());

@@ -9,6 +9,7 @@
 mod decoders;
 mod parsers;
 mod sequences;
+mod state;
 mod virtio;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(virtio::virtio_pmem_seeds());
     all.extend(decoders::refvmm_manifest_seeds());
     all.extend(parsers::api_framing_seeds());
+    all.extend(state::gic_state_seeds());
+    all.extend(state::vcpu_state_seeds());
     all
 }
 
