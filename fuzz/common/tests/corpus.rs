@@ -216,3 +216,36 @@ fn state_seeds_include_states_restore_accepts_and_refuses() {
     assert!(accepted.count() >= 4, "vCPU states restore accepts");
     assert!(refused.count() >= 4, "vCPU states restore refuses");
 }
+
+#[test]
+fn mmio_seeds_write_read_interrupt_and_set_up_virtio() {
+    use fuzz_common::refvmm_mmio::run_mmio;
+
+    let reports: Vec<_> = inputs(&default_dir().join("refvmm_mmio_sequences"))
+        .into_iter()
+        .map(|(name, d)| (name, run_mmio(&d)))
+        .inspect(|(name, r)| println!("refvmm_mmio_sequences/{name}: {r:?}"))
+        .collect();
+    let count = |f: &dyn Fn(&fuzz_common::refvmm_mmio::Report) -> bool| {
+        reports.iter().filter(|(_, r)| f(r)).count()
+    };
+
+    assert_eq!(count(&|r| r.output >= 30), 1, "one seed prints a line");
+    assert!(
+        count(&|r| r.input_read >= 5) >= 2,
+        "seeds read console input"
+    );
+    assert!(
+        count(&|r| r.console_irqs > 0) >= 3,
+        "seeds raise the console interrupt"
+    );
+    assert!(
+        count(&|r| r.unbacked >= 4) >= 2,
+        "seeds access unbacked addresses"
+    );
+    assert_eq!(
+        count(&|r| r.driver_ok),
+        1,
+        "one seed sets the virtio device up"
+    );
+}

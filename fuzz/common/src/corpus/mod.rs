@@ -7,6 +7,7 @@
 //! a few damaged ones, so that the fuzzer starts deep inside each decoder.
 
 mod decoders;
+mod mmio;
 mod parsers;
 mod sequences;
 mod state;
@@ -59,6 +60,7 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(parsers::api_framing_seeds());
     all.extend(state::gic_state_seeds());
     all.extend(state::vcpu_state_seeds());
+    all.extend(mmio::mmio_sequence_seeds());
     all
 }
 
