@@ -26,7 +26,7 @@ pub use refvmm_api::run_refvmm_api;
 pub use refvmm_cli::run_refvmm_cli;
 pub use refvmm_mmio::run_refvmm_mmio_sequences;
 pub use refvmm_snapshot::{run_refvmm_api_framing, run_refvmm_snapshot_manifest};
-pub use refvmm_state::{run_refvmm_gic_state, run_refvmm_vcpu_state};
+pub use refvmm_state::{run_refvmm_console_state, run_refvmm_gic_state, run_refvmm_vcpu_state};
 pub use router::run_smccc_dispatch;
 pub use sdei::run_sdei_sequences;
 pub use virtio_pmem::run_virtio_pmem;
@@ -35,7 +35,7 @@ pub use virtio_pmem::run_virtio_pmem;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
-pub const TARGETS: [Target; 12] = [
+pub const TARGETS: [Target; 13] = [
     ("smccc_dispatch", run_smccc_dispatch),
     ("sdei_sequences", run_sdei_sequences),
     ("sdei_snapshot_decode", run_sdei_snapshot_decode),
@@ -48,4 +48,5 @@ pub const TARGETS: [Target; 12] = [
     ("refvmm_gic_state", run_refvmm_gic_state),
     ("refvmm_vcpu_state", run_refvmm_vcpu_state),
     ("refvmm_mmio_sequences", run_refvmm_mmio_sequences),
+    ("refvmm_console_state", run_refvmm_console_state),
 ];

@@ -249,3 +249,22 @@ fn mmio_seeds_write_read_interrupt_and_set_up_virtio() {
         "one seed sets the virtio device up"
     );
 }
+
+#[test]
+fn console_seeds_restore_with_and_without_pending_interrupts() {
+    use refvmm::snapshot::SerialWire;
+
+    let wires: Vec<SerialWire> = inputs(&default_dir().join("refvmm_console_state"))
+        .iter()
+        .filter_map(|(_, d)| refvmm::snapshot::decode("console state", d).ok())
+        .collect();
+    let restorable = wires.iter().filter(|w| w.input.len() <= 64);
+    let pending = restorable.clone().filter(|w| {
+        let [_, _, ier, iir, ..] = w.regs;
+        (ier & 2 != 0 && iir & 2 != 0) || (ier & 1 != 0 && iir & 4 != 0)
+    });
+
+    assert!(restorable.count() >= 9, "console states restore");
+    assert!(pending.count() >= 3, "console states raise an interrupt");
+    assert!(wires.iter().any(|w| w.input.len() > 64), "one is refused");
+}

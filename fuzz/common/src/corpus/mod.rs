@@ -61,6 +61,7 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(state::gic_state_seeds());
     all.extend(state::vcpu_state_seeds());
     all.extend(mmio::mmio_sequence_seeds());
+    all.extend(state::console_state_seeds());
     all
 }
 

@@ -189,3 +189,66 @@ pub fn vcpu_state_seeds() -> Vec<Seed> {
         Seed::new(T, "trailing-bytes", trailing),
     ]
 }
+
+/// Console states: saved from consoles driven through the states a guest leaves them in (fresh,
+/// Linux's 8250 set-up, input waiting, a pending transmitter-empty or received-data interrupt,
+/// loopback, the divisor latch open, a full FIFO), and refused or damaged ones (65 bytes of
+/// input, truncated, trailing bytes, empty).
+pub fn console_state_seeds() -> Vec<Seed> {
+    use refvmm::devices::serial::Console;
+    use refvmm::devices::MmioDevice;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    const T: &str = "refvmm_console_state";
+    let saved = |writes: &[(u64, u8)], input: &[u8]| {
+        let mut c = Console::new(EventFd::new(EFD_NONBLOCK).expect("an eventfd"), Vec::new());
+        for &(off, v) in writes {
+            c.write(off, &[v]);
+        }
+        c.enqueue_input(input);
+        postcard::to_allocvec(&c.to_wire()).expect("encodes")
+    };
+    let linux = [
+        (3, 0x80),
+        (0, 0x01),
+        (1, 0x00),
+        (3, 0x03),
+        (2, 0xc7),
+        (4, 0x0b),
+    ];
+    let with = |extra: &[(u64, u8)]| [&linux[..], extra].concat();
+    let full = saved(&linux, &[b'z'; 64]);
+    let mut overfull_wire: refvmm::snapshot::SerialWire =
+        refvmm::snapshot::decode("console state", &full).expect("decodes");
+    overfull_wire.input.push(b'!');
+    let overfull = postcard::to_allocvec(&overfull_wire).expect("encodes");
+    let mut trailing = full.clone();
+    trailing.push(0);
+    vec![
+        Seed::new(T, "fresh", saved(&[], b"")),
+        Seed::new(T, "linux-8250", saved(&linux, b"")),
+        Seed::new(T, "input-waiting", saved(&linux, b"ls -l\n")),
+        Seed::new(
+            T,
+            "thr-interrupt-pending",
+            saved(&with(&[(1, 0x02), (0, b'x')]), b""),
+        ),
+        Seed::new(T, "rda-interrupt-pending", saved(&with(&[(1, 0x01)]), b"y")),
+        Seed::new(
+            T,
+            "both-interrupts",
+            saved(&with(&[(1, 0x03), (0, b'x')]), b"q"),
+        ),
+        Seed::new(T, "loopback", saved(&[(4, 0x1f), (0, b'L')], b"")),
+        Seed::new(
+            T,
+            "dlab-open",
+            saved(&[(3, 0x83), (0, 0x0c), (1, 0x02)], b""),
+        ),
+        Seed::new(T, "fifo-full", full.clone()),
+        Seed::new(T, "fifo-65-bytes", overfull),
+        Seed::new(T, "truncated", full[..20].to_vec()),
+        Seed::new(T, "trailing-byte", trailing),
+        Seed::new(T, "empty", Vec::new()),
+    ]
+}
