@@ -268,3 +268,33 @@ fn console_seeds_restore_with_and_without_pending_interrupts() {
     assert!(pending.count() >= 3, "console states raise an interrupt");
     assert!(wires.iter().any(|w| w.input.len() > 64), "one is refused");
 }
+
+#[test]
+fn component_seeds_read_intact_components_and_refuse_damaged_ones() {
+    use fuzz_common::refvmm_components::run_components;
+
+    let reports: Vec<_> = inputs(&default_dir().join("refvmm_snapshot_components"))
+        .into_iter()
+        .map(|(name, d)| (name, run_components(&d)))
+        .inspect(|(name, r)| println!("refvmm_snapshot_components/{name}: {r:?}"))
+        .collect();
+    let get = |n: &str| reports.iter().find(|(name, _)| name == n).map(|(_, r)| *r);
+
+    let full = get("refvmm-snapshot").expect("the refvmm-shaped seed");
+    assert!(
+        full.opened && full.read == 6 && full.refused == 0,
+        "{full:?}"
+    );
+    let refused_once = reports
+        .iter()
+        .filter(|(_, r)| r.opened && r.read == 5 && r.refused == 1)
+        .count();
+    let not_opened = reports.iter().filter(|(_, r)| !r.opened).count();
+
+    assert!(
+        refused_once >= 8,
+        "{refused_once} seeds with one damaged component"
+    );
+    assert!(not_opened >= 6, "{not_opened} seeds that open refuses");
+    assert!(get("raw-manifest").is_some_and(|r| r.opened));
+}

@@ -6,6 +6,7 @@
 //! stores, accepted command lines and requests, virtio-pmem queues holding flush requests) and
 //! a few damaged ones, so that the fuzzer starts deep inside each decoder.
 
+mod components;
 mod decoders;
 mod mmio;
 mod parsers;
@@ -62,6 +63,7 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(state::vcpu_state_seeds());
     all.extend(mmio::mmio_sequence_seeds());
     all.extend(state::console_state_seeds());
+    all.extend(components::component_seeds());
     all
 }
 
