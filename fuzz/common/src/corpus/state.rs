@@ -143,8 +143,8 @@ fn vcpu(index: u64, counter: u64, mp_state: u32, sve: bool) -> VcpuState {
     VcpuState { mp_state, regs }
 }
 
-/// vCPU state lists: one vCPU, two whose counters differ (the second powered off), four, one
-/// with SVE, and damaged ones (a register of the wrong size, an unknown MP state, a register saved
+/// vCPU state lists: one vCPU, two whose counters differ (the second powered off), four with
+/// SVE registers, one with SVE alone, and damaged ones (a register of the wrong size, an unknown MP state, a register saved
 /// twice, an impossible size field, truncated, trailing bytes, an empty list).
 pub fn vcpu_state_seeds() -> Vec<Seed> {
     const T: &str = "refvmm_vcpu_state";
