@@ -298,3 +298,30 @@ fn component_seeds_read_intact_components_and_refuse_damaged_ones() {
     assert!(not_opened >= 6, "{not_opened} seeds that open refuses");
     assert!(get("raw-manifest").is_some_and(|r| r.opened));
 }
+
+#[test]
+fn every_fuzz_target_file_is_a_bin_and_a_listed_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<String> = std::fs::read_dir(root.join("fuzz_targets"))
+        .expect("fuzz/fuzz_targets")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    files.sort();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    let mut bins: Vec<String> = manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = ")))
+        .map(|n| n.trim_matches('"').to_string())
+        .collect();
+    bins.sort();
+    let mut listed: Vec<String> = TARGETS.iter().map(|(t, _)| t.to_string()).collect();
+    listed.sort();
+
+    assert_eq!(files, bins, "fuzz_targets/*.rs and [[bin]] entries");
+    assert_eq!(files, listed, "fuzz_targets/*.rs and fuzz_common::TARGETS");
+}
