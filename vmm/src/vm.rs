@@ -504,11 +504,16 @@ fn restore_cpu_and_gic(
             vcpus.len()
         )));
     }
+    // Everything that can be checked without KVM is checked before any vCPU is written.
+    for (i, st) in states.iter().enumerate() {
+        st.check(i).map_err(|e| Error::Restore(e.to_string()))?;
+    }
+    let state = snapshot::gic::GicState::decode(&r.read("gic.bin").map_err(Error::Snapshot)?)
+        .and_then(|s| s.check_fits(mpidrs, layout::GIC_NR_IRQS).map(|()| s))
+        .map_err(|e| Error::Restore(format!("GIC state: {e}")))?;
     for (i, (v, st)) in vcpus.iter().zip(&states).enumerate() {
         snapshot::vcpu::restore(v.fd(), i, st).map_err(|e| Error::Restore(e.to_string()))?;
     }
-    let state = snapshot::gic::GicState::decode(&r.read("gic.bin").map_err(Error::Snapshot)?)
-        .map_err(|e| Error::Restore(format!("GIC state: {e}")))?;
     snapshot::gic::restore(gic.fd(), mpidrs, layout::GIC_NR_IRQS, &state)
         .map_err(|e| Error::Restore(format!("GIC state: {e}")))
 }

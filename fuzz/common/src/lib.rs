@@ -13,7 +13,10 @@ pub mod migration;
 pub mod mte;
 pub mod refvmm_api;
 pub mod refvmm_cli;
+pub mod refvmm_components;
+pub mod refvmm_mmio;
 pub mod refvmm_snapshot;
+pub mod refvmm_state;
 pub mod router;
 pub mod sdei;
 pub mod virtio_pmem;
@@ -22,7 +25,10 @@ pub use migration::run_sdei_snapshot_decode;
 pub use mte::run_mte_tag_snapshot_decode;
 pub use refvmm_api::run_refvmm_api;
 pub use refvmm_cli::run_refvmm_cli;
+pub use refvmm_components::run_refvmm_snapshot_components;
+pub use refvmm_mmio::run_refvmm_mmio_sequences;
 pub use refvmm_snapshot::{run_refvmm_api_framing, run_refvmm_snapshot_manifest};
+pub use refvmm_state::{run_refvmm_console_state, run_refvmm_gic_state, run_refvmm_vcpu_state};
 pub use router::run_smccc_dispatch;
 pub use sdei::run_sdei_sequences;
 pub use virtio_pmem::run_virtio_pmem;
@@ -31,7 +37,7 @@ pub use virtio_pmem::run_virtio_pmem;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 14] = [
     ("smccc_dispatch", run_smccc_dispatch),
     ("sdei_sequences", run_sdei_sequences),
     ("sdei_snapshot_decode", run_sdei_snapshot_decode),
@@ -41,4 +47,9 @@ pub const TARGETS: [Target; 9] = [
     ("virtio_pmem", run_virtio_pmem),
     ("refvmm_snapshot_manifest", run_refvmm_snapshot_manifest),
     ("refvmm_api_framing", run_refvmm_api_framing),
+    ("refvmm_gic_state", run_refvmm_gic_state),
+    ("refvmm_vcpu_state", run_refvmm_vcpu_state),
+    ("refvmm_mmio_sequences", run_refvmm_mmio_sequences),
+    ("refvmm_console_state", run_refvmm_console_state),
+    ("refvmm_snapshot_components", run_refvmm_snapshot_components),
 ];

@@ -179,3 +179,149 @@ fn cli_seeds_include_accepted_pmem_devices() {
 
     assert_eq!(accepted, vec![1, 2], "pmem seeds accepted, devices each");
 }
+
+#[test]
+fn state_seeds_include_states_restore_accepts_and_refuses() {
+    use refvmm::snapshot::gic_state::GicState;
+    use refvmm::snapshot::vcpu_state::VcpuState;
+
+    let gic = inputs(&default_dir().join("refvmm_gic_state"));
+    let gic_ok = gic
+        .iter()
+        .filter(|(_, d)| GicState::decode(d).is_ok())
+        .count();
+    let built = gic
+        .iter()
+        .filter_map(|(_, d)| fuzz_common::refvmm_state::gic_input(d))
+        .filter(|i| i.damage.is_some() && i.valid_shape && i.state.check().is_err())
+        .count();
+    let vcpus: Vec<Option<Vec<VcpuState>>> = inputs(&default_dir().join("refvmm_vcpu_state"))
+        .iter()
+        .map(|(_, d)| refvmm::snapshot::decode("vCPU state", d).ok())
+        .collect();
+    let all_ok = |states: &Vec<VcpuState>, want: bool| {
+        states.iter().enumerate().all(|(i, s)| s.check(i).is_ok()) == want
+    };
+    let accepted = vcpus
+        .iter()
+        .flatten()
+        .filter(|s| !s.is_empty() && all_ok(s, true));
+    let refused = vcpus.iter().flatten().filter(|s| all_ok(s, false));
+
+    assert_eq!(gic_ok, 5, "GIC states that decode");
+    assert_eq!(
+        built, 6,
+        "every kind of damage to a built GIC state is refused"
+    );
+    assert!(accepted.count() >= 4, "vCPU states restore accepts");
+    assert!(refused.count() >= 4, "vCPU states restore refuses");
+}
+
+#[test]
+fn mmio_seeds_write_read_interrupt_and_set_up_virtio() {
+    use fuzz_common::refvmm_mmio::run_mmio;
+
+    let reports: Vec<_> = inputs(&default_dir().join("refvmm_mmio_sequences"))
+        .into_iter()
+        .map(|(name, d)| (name, run_mmio(&d)))
+        .inspect(|(name, r)| println!("refvmm_mmio_sequences/{name}: {r:?}"))
+        .collect();
+    let count = |f: &dyn Fn(&fuzz_common::refvmm_mmio::Report) -> bool| {
+        reports.iter().filter(|(_, r)| f(r)).count()
+    };
+
+    assert_eq!(count(&|r| r.output >= 30), 1, "one seed prints a line");
+    assert!(
+        count(&|r| r.input_read >= 5) >= 2,
+        "seeds read console input"
+    );
+    assert!(
+        count(&|r| r.console_irqs > 0) >= 3,
+        "seeds raise the console interrupt"
+    );
+    assert!(
+        count(&|r| r.unbacked >= 4) >= 2,
+        "seeds access unbacked addresses"
+    );
+    assert_eq!(
+        count(&|r| r.driver_ok),
+        1,
+        "one seed sets the virtio device up"
+    );
+}
+
+#[test]
+fn console_seeds_restore_with_and_without_pending_interrupts() {
+    use refvmm::snapshot::SerialWire;
+
+    let wires: Vec<SerialWire> = inputs(&default_dir().join("refvmm_console_state"))
+        .iter()
+        .filter_map(|(_, d)| refvmm::snapshot::decode("console state", d).ok())
+        .collect();
+    let restorable = wires.iter().filter(|w| w.input.len() <= 64);
+    let pending = restorable.clone().filter(|w| {
+        let [_, _, ier, iir, ..] = w.regs;
+        (ier & 2 != 0 && iir & 2 != 0) || (ier & 1 != 0 && iir & 4 != 0)
+    });
+
+    assert!(restorable.count() >= 9, "console states restore");
+    assert!(pending.count() >= 3, "console states raise an interrupt");
+    assert!(wires.iter().any(|w| w.input.len() > 64), "one is refused");
+}
+
+#[test]
+fn component_seeds_read_intact_components_and_refuse_damaged_ones() {
+    use fuzz_common::refvmm_components::run_components;
+
+    let reports: Vec<_> = inputs(&default_dir().join("refvmm_snapshot_components"))
+        .into_iter()
+        .map(|(name, d)| (name, run_components(&d)))
+        .inspect(|(name, r)| println!("refvmm_snapshot_components/{name}: {r:?}"))
+        .collect();
+    let get = |n: &str| reports.iter().find(|(name, _)| name == n).map(|(_, r)| *r);
+
+    let full = get("refvmm-snapshot").expect("the refvmm-shaped seed");
+    assert!(
+        full.opened && full.read == 6 && full.refused == 0,
+        "{full:?}"
+    );
+    let refused_once = reports
+        .iter()
+        .filter(|(_, r)| r.opened && r.read == 5 && r.refused == 1)
+        .count();
+    let not_opened = reports.iter().filter(|(_, r)| !r.opened).count();
+
+    assert!(
+        refused_once >= 8,
+        "{refused_once} seeds with one damaged component"
+    );
+    assert!(not_opened >= 6, "{not_opened} seeds that open refuses");
+    assert!(get("raw-manifest").is_some_and(|r| r.opened));
+}
+
+#[test]
+fn every_fuzz_target_file_is_a_bin_and_a_listed_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<String> = std::fs::read_dir(root.join("fuzz_targets"))
+        .expect("fuzz/fuzz_targets")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    files.sort();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    let mut bins: Vec<String> = manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = ")))
+        .map(|n| n.trim_matches('"').to_string())
+        .collect();
+    bins.sort();
+    let mut listed: Vec<String> = TARGETS.iter().map(|(t, _)| t.to_string()).collect();
+    listed.sort();
+
+    assert_eq!(files, bins, "fuzz_targets/*.rs and [[bin]] entries");
+    assert_eq!(files, listed, "fuzz_targets/*.rs and fuzz_common::TARGETS");
+}

@@ -17,8 +17,11 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
+pub mod gic_state;
+pub mod kvm_abi;
 #[cfg(target_arch = "aarch64")]
 pub mod vcpu;
+pub mod vcpu_state;
 
 use crate::config::{CpuFeatures, SeccompMode, VmConfig};
 use serde::{Deserialize, Serialize};
@@ -657,7 +660,9 @@ impl Reader {
         Ok(())
     }
 
-    /// Reads a whole (small) component, checked.
+    /// Reads a whole (small) component, checked. The buffer is allocated only once the file's
+    /// size is known to be the manifest's (at most [`MAX_COMPONENT`]), so a manifest that lies
+    /// about a small file costs no large allocation.
     pub fn read(&self, name: &'static str) -> Result<Vec<u8>> {
         let c = self.component(name)?;
         if c.len > MAX_COMPONENT {
@@ -666,8 +671,12 @@ impl Reader {
                 size: c.len,
             });
         }
-        let mut out = Vec::with_capacity(c.len as usize);
-        self.stream(name, |_, chunk| {
+        let mut out = Vec::new();
+        // `stream` checks the file's length against the manifest before the first chunk.
+        self.stream(name, |off, chunk| {
+            if off == 0 {
+                out.reserve_exact(c.len as usize);
+            }
             out.extend_from_slice(chunk);
             Ok(())
         })?;

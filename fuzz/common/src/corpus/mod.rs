@@ -6,9 +6,12 @@
 //! stores, accepted command lines and requests, virtio-pmem queues holding flush requests) and
 //! a few damaged ones, so that the fuzzer starts deep inside each decoder.
 
+mod components;
 mod decoders;
+mod mmio;
 mod parsers;
 mod sequences;
+mod state;
 mod virtio;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +59,11 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(virtio::virtio_pmem_seeds());
     all.extend(decoders::refvmm_manifest_seeds());
     all.extend(parsers::api_framing_seeds());
+    all.extend(state::gic_state_seeds());
+    all.extend(state::vcpu_state_seeds());
+    all.extend(mmio::mmio_sequence_seeds());
+    all.extend(state::console_state_seeds());
+    all.extend(components::component_seeds());
     all
 }
 

@@ -1,0 +1,537 @@
+//! The saved GICv3 state (`gic.bin`): the plain [`GicState`], its encoding, and the checks that
+//! decide whether a state is one `gic::restore` may write. Nothing here touches KVM, so the
+//! decoder builds and is fuzzed on any host; saving and restoring through KVM's vgic-v3
+//! device attributes is `super::gic` (aarch64 only), which re-exports everything here.
+//!
+//! Encoding (version [`STATE_VERSION`], all little-endian): version u32, `nr_irqs` u32, the
+//! distributor list, the SPI line levels, the vCPUs; a list is its u32 length then its items
+//! (`(u32 offset, u32 value)` pairs, u32 words, vCPUs as MPIDR u64, redistributor list, PPI
+//! levels u32, CPU interface list of `(u32 encoding, u64 value)`). Every byte is a field, so
+//! the format is canonical: a state decodes from exactly one byte string.
+
+use super::kvm_abi;
+use crate::layout;
+
+/// Format version written by [`GicState::encode`].
+pub const STATE_VERSION: u32 = 1;
+/// Most vCPUs a state may describe (refvmm's own limit).
+pub const MAX_CPUS: usize = layout::MAX_VCPUS as usize;
+
+/// Errors saving, restoring, encoding or decoding GIC state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM refused a register access.
+    #[error("KVM refused to {op} GICv3 register {what} (attribute {attr:#x})")]
+    Access {
+        /// "read" or "write".
+        op: &'static str,
+        /// The register.
+        what: &'static str,
+        /// The `kvm_device_attr.attr` value.
+        attr: u64,
+        /// The KVM error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// The interrupt count is not one a GICv3 can have.
+    #[error("{0} interrupts is not a multiple of 32 between 64 and 1024")]
+    BadNrIrqs(u32),
+    /// No vCPUs, or more than [`MAX_CPUS`].
+    #[error("A GIC state needs between 1 and {MAX_CPUS} vCPUs, not {0}")]
+    BadCpuCount(usize),
+    /// The device and the caller disagree on the number of interrupts.
+    #[error("The GIC has {device} interrupts but the VM was configured with {given}")]
+    DeviceNrIrqs {
+        /// What `GICD_TYPER` reports.
+        device: u32,
+        /// What the caller passed.
+        given: u32,
+    },
+    /// The GIC has LPIs (an ITS), whose state is not saved.
+    #[error("GIC snapshots do not cover LPIs yet, and this GIC has an ITS")]
+    Lpis,
+    /// The state was saved from a VM with another number of interrupts.
+    #[error("The GIC state has {saved} interrupts but the VM has {vm}")]
+    NrIrqsMismatch {
+        /// Interrupts in the state.
+        saved: u32,
+        /// Interrupts in the VM.
+        vm: u32,
+    },
+    /// The state was saved from a VM with another number of vCPUs.
+    #[error("The GIC state has {saved} vCPUs but the VM has {vm}")]
+    CpuCountMismatch {
+        /// vCPUs in the state.
+        saved: usize,
+        /// vCPUs in the VM.
+        vm: usize,
+    },
+    /// A vCPU's affinity differs between the state and the VM.
+    #[error("vCPU {index} has MPIDR {saved:#x} in the GIC state but {vm:#x} in the VM")]
+    MpidrMismatch {
+        /// vCPU index.
+        index: usize,
+        /// MPIDR in the state.
+        saved: u64,
+        /// MPIDR in the VM.
+        vm: u64,
+    },
+    /// A register list is not the one this module saves for the state's shape.
+    #[error("The GIC state's {0} registers are not the expected ones")]
+    Layout(&'static str),
+    /// The encoded state ends early (or a count promises more than the bytes that follow).
+    #[error("The encoded GIC state is truncated")]
+    Truncated,
+    /// The encoded state has bytes after its end.
+    #[error("The encoded GIC state has {0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+    /// The encoded state has a format version this build does not read.
+    #[error(
+        "The encoded GIC state has format version {0}; this build reads version {STATE_VERSION}"
+    )]
+    UnsupportedVersion(u32),
+}
+
+/// Result of GIC state operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The whole saved GICv3. Register lists are `(offset or encoding, value)` pairs in restore
+/// order; [`GicState::check`] insists they are exactly the lists [`save`] writes for the
+/// state's shape, so a state cannot make [`restore`] touch any other register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GicState {
+    /// Interrupts (SGIs + PPIs + SPIs) the GIC was configured with.
+    pub nr_irqs: u32,
+    /// Distributor registers: `(offset, value)`, SPI parts only, `GICD_CTLR` last.
+    pub dist: Vec<(u32, u32)>,
+    /// Input line levels of the SPIs, one bit each, 32 per word from INTID 32.
+    pub spi_levels: Vec<u32>,
+    /// Per-vCPU state, in vCPU index order.
+    pub cpus: Vec<CpuState>,
+}
+
+/// One vCPU's redistributor and CPU interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// The vCPU's MPIDR_EL1 when saved.
+    pub mpidr: u64,
+    /// Redistributor registers: `(offset from RD_base, value)`; SGI_base is at 0x10000.
+    pub redist: Vec<(u32, u32)>,
+    /// Input line levels of the PPIs (bit n is INTID n).
+    pub ppi_levels: u32,
+    /// CPU interface registers: (encoding as from [`sysreg`], value).
+    pub icc: Vec<(u32, u64)>,
+}
+
+/// A system register's encoding as the `instr` field of `KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS`.
+pub const fn sysreg(op0: u32, op1: u32, crn: u32, crm: u32, op2: u32) -> u32 {
+    (op0 << kvm_abi::SYSREG_OP0_SHIFT)
+        | (op1 << kvm_abi::SYSREG_OP1_SHIFT)
+        | (crn << kvm_abi::SYSREG_CRN_SHIFT)
+        | (crm << kvm_abi::SYSREG_CRM_SHIFT)
+        | (op2 << kvm_abi::SYSREG_OP2_SHIFT)
+}
+
+// Distributor offsets.
+pub(super) const GICD_CTLR: u32 = 0x0;
+const GICD_IIDR: u32 = 0x8;
+const GICD_STATUSR: u32 = 0x10;
+
+/// Per-interrupt distributor registers saved for the SPIs, in restore order (configuration
+/// before state), with their bits per interrupt.
+const DIST_SPI_REGS: [(u32, u32, &str); 8] = [
+    (0x80, 1, "GICD_IGROUPR"),
+    (0x6000, 64, "GICD_IROUTER"),
+    (0xc00, 2, "GICD_ICFGR"),
+    (0xd00, 1, "GICD_IGRPMODR"),
+    (0x400, 8, "GICD_IPRIORITYR"),
+    (0x100, 1, "GICD_ISENABLER"),
+    (0x200, 1, "GICD_ISPENDR"),
+    (0x300, 1, "GICD_ISACTIVER"),
+];
+
+/// SGI_base frame of a redistributor.
+pub(super) const SGI: u32 = 0x1_0000;
+pub(super) const GICR_PROPBASER: u32 = 0x70;
+pub(super) const GICR_PENDBASER: u32 = 0x78;
+
+/// Redistributor registers, in restore order: the LPI table bases before `GICR_CTLR` (KVM
+/// ignores them once LPIs are on), configuration before state.
+pub const REDIST_REGS: [(u32, &str); 22] = [
+    (GICR_PROPBASER, "GICR_PROPBASER"),
+    (GICR_PROPBASER + 4, "GICR_PROPBASER"),
+    (GICR_PENDBASER, "GICR_PENDBASER"),
+    (GICR_PENDBASER + 4, "GICR_PENDBASER"),
+    (0x0, "GICR_CTLR"),
+    (0x10, "GICR_STATUSR"),
+    (0x14, "GICR_WAKER"),
+    (SGI + 0x80, "GICR_IGROUPR0"),
+    (SGI + 0xc00, "GICR_ICFGR0"),
+    (SGI + 0xc04, "GICR_ICFGR1"),
+    (SGI + 0xd00, "GICR_IGRPMODR0"),
+    (SGI + 0x400, "GICR_IPRIORITYR"),
+    (SGI + 0x404, "GICR_IPRIORITYR"),
+    (SGI + 0x408, "GICR_IPRIORITYR"),
+    (SGI + 0x40c, "GICR_IPRIORITYR"),
+    (SGI + 0x410, "GICR_IPRIORITYR"),
+    (SGI + 0x414, "GICR_IPRIORITYR"),
+    (SGI + 0x418, "GICR_IPRIORITYR"),
+    (SGI + 0x41c, "GICR_IPRIORITYR"),
+    (SGI + 0x100, "GICR_ISENABLER0"),
+    (SGI + 0x200, "GICR_ISPENDR0"),
+    (SGI + 0x300, "GICR_ISACTIVER0"),
+];
+
+/// `ICC_CTLR_EL1`, whose PRIbits field decides which active-priority registers exist.
+pub const ICC_CTLR_EL1: u32 = sysreg(3, 0, 12, 12, 4);
+
+/// CPU interface registers before the active priorities, in restore order: `ICC_SRE_EL1`
+/// first, then `ICC_CTLR_EL1`, which sets the number of priority bits.
+const ICC_REGS: [(u32, &str); 7] = [
+    (sysreg(3, 0, 12, 12, 5), "ICC_SRE_EL1"),
+    (ICC_CTLR_EL1, "ICC_CTLR_EL1"),
+    (sysreg(3, 0, 4, 6, 0), "ICC_PMR_EL1"),
+    (sysreg(3, 0, 12, 8, 3), "ICC_BPR0_EL1"),
+    (sysreg(3, 0, 12, 12, 3), "ICC_BPR1_EL1"),
+    (sysreg(3, 0, 12, 12, 6), "ICC_IGRPEN0_EL1"),
+    (sysreg(3, 0, 12, 12, 7), "ICC_IGRPEN1_EL1"),
+];
+
+/// How many `ICC_AP{0,1}R<n>_EL1` exist for an `ICC_CTLR_EL1` value: one for 5 priority bits,
+/// two for 6, four for 7 (PRIbits, bits 10 to 8, holds the count minus one).
+pub fn ap_count(icc_ctlr: u64) -> u32 {
+    match ((icc_ctlr >> 8) & 7) + 1 {
+        0..=5 => 1,
+        6 => 2,
+        _ => 4,
+    }
+}
+
+/// The CPU interface registers saved for a vCPU whose `ICC_CTLR_EL1` is `icc_ctlr`.
+pub fn icc_layout(icc_ctlr: u64) -> Vec<(u32, &'static str)> {
+    let n = ap_count(icc_ctlr);
+    let ap0 = (0..n).map(|i| (sysreg(3, 0, 12, 8, 4 | i), "ICC_AP0R<n>_EL1"));
+    let ap1 = (0..n).map(|i| (sysreg(3, 0, 12, 9, i), "ICC_AP1R<n>_EL1"));
+    ICC_REGS.into_iter().chain(ap0).chain(ap1).collect()
+}
+
+/// The distributor registers saved for `nr_irqs` interrupts: `GICD_IIDR` first (it selects
+/// KVM's behaviour for the rest), `GICD_CTLR` last.
+pub fn dist_layout(nr_irqs: u32) -> Vec<(u32, &'static str)> {
+    let spis = nr_irqs.saturating_sub(32);
+    let mut regs = vec![(GICD_IIDR, "GICD_IIDR"), (GICD_STATUSR, "GICD_STATUSR")];
+    for (base, bits, name) in DIST_SPI_REGS {
+        let first = base + 32 * bits / 8;
+        regs.extend((0..spis * bits / 32).map(|i| (first + 4 * i, name)));
+    }
+    regs.push((GICD_CTLR, "GICD_CTLR"));
+    regs
+}
+
+/// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0), the rest cleared.
+pub fn affinity(mpidr: u64) -> u64 {
+    mpidr & 0xff_00ff_ffff
+}
+
+pub(super) fn check_nr_irqs(nr_irqs: u32) -> Result<()> {
+    if (64..=1024).contains(&nr_irqs) && nr_irqs % 32 == 0 {
+        Ok(())
+    } else {
+        Err(Error::BadNrIrqs(nr_irqs))
+    }
+}
+
+/// Whether `regs` lists exactly the registers of `layout`, in order.
+fn same_layout<T>(regs: &[(u32, T)], layout: &[(u32, &str)]) -> bool {
+    regs.len() == layout.len() && regs.iter().zip(layout).all(|(r, l)| r.0 == l.0)
+}
+
+impl GicState {
+    /// Checks the state's own consistency: interrupt and vCPU counts in range, and every
+    /// register list exactly what [`save`] writes for that shape.
+    pub fn check(&self) -> Result<()> {
+        check_nr_irqs(self.nr_irqs)?;
+        if self.cpus.is_empty() || self.cpus.len() > MAX_CPUS {
+            return Err(Error::BadCpuCount(self.cpus.len()));
+        }
+        if !same_layout(&self.dist, &dist_layout(self.nr_irqs)) {
+            return Err(Error::Layout("distributor"));
+        }
+        if self.spi_levels.len() as u32 != (self.nr_irqs - 32) / 32 {
+            return Err(Error::Layout("SPI line level"));
+        }
+        for cpu in &self.cpus {
+            if !same_layout(&cpu.redist, &REDIST_REGS) {
+                return Err(Error::Layout("redistributor"));
+            }
+            let ctlr = cpu.icc_reg(ICC_CTLR_EL1).unwrap_or_default();
+            if !same_layout(&cpu.icc, &icc_layout(ctlr)) {
+                return Err(Error::Layout("CPU interface"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the state fits a VM with vCPUs `mpidrs` (in order) and `nr_irqs`
+    /// interrupts, and is consistent in itself.
+    pub fn check_fits(&self, mpidrs: &[u64], nr_irqs: u32) -> Result<()> {
+        if self.nr_irqs != nr_irqs {
+            return Err(Error::NrIrqsMismatch {
+                saved: self.nr_irqs,
+                vm: nr_irqs,
+            });
+        }
+        if self.cpus.len() != mpidrs.len() {
+            return Err(Error::CpuCountMismatch {
+                saved: self.cpus.len(),
+                vm: mpidrs.len(),
+            });
+        }
+        for (index, (cpu, &vm)) in self.cpus.iter().zip(mpidrs).enumerate() {
+            if affinity(cpu.mpidr) != affinity(vm) {
+                return Err(Error::MpidrMismatch {
+                    index,
+                    saved: cpu.mpidr,
+                    vm,
+                });
+            }
+        }
+        self.check()
+    }
+
+    /// The saved value of the distributor register at `offset`, if saved.
+    pub fn dist_reg(&self, offset: u32) -> Option<u32> {
+        find(&self.dist, offset)
+    }
+}
+
+impl CpuState {
+    /// The saved value of the redistributor register at `offset` (from RD_base), if saved.
+    pub fn redist_reg(&self, offset: u32) -> Option<u32> {
+        find(&self.redist, offset)
+    }
+
+    /// The saved value of the CPU interface register `encoding` (see [`sysreg`]), if saved.
+    pub fn icc_reg(&self, encoding: u32) -> Option<u64> {
+        find(&self.icc, encoding)
+    }
+}
+
+fn find<T: Copy>(regs: &[(u32, T)], key: u32) -> Option<T> {
+    regs.iter().find(|r| r.0 == key).map(|r| r.1)
+}
+
+/// Little-endian reader that never reads past its input.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let (head, tail) = self.0.split_first_chunk::<N>().ok_or(Error::Truncated)?;
+        self.0 = tail;
+        Ok(*head)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        self.bytes().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        self.bytes().map(u64::from_le_bytes)
+    }
+    /// A count of `size`-byte items, refused if the rest of the input cannot hold them (so no
+    /// allocation exceeds the input's size).
+    fn count(&mut self, size: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        match n.checked_mul(size) {
+            Some(bytes) if bytes <= self.0.len() => Ok(n),
+            _ => Err(Error::Truncated),
+        }
+    }
+    fn list<T>(
+        &mut self,
+        size: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let n = self.count(size)?;
+        (0..n).map(|_| item(self)).collect()
+    }
+}
+
+fn put_list<T>(out: &mut Vec<u8>, items: &[T], mut item: impl FnMut(&mut Vec<u8>, &T)) {
+    // Lists are at most a few thousand entries (checked by `GicState::check` on decode).
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for i in items {
+        item(out, i);
+    }
+}
+
+impl GicState {
+    /// Encodes the state: format version, then every field little-endian, lists prefixed by
+    /// their u32 length.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.nr_irqs.to_le_bytes());
+        let pair32 = |o: &mut Vec<u8>, &(k, v): &(u32, u32)| {
+            o.extend_from_slice(&k.to_le_bytes());
+            o.extend_from_slice(&v.to_le_bytes());
+        };
+        put_list(&mut out, &self.dist, pair32);
+        put_list(&mut out, &self.spi_levels, |o, v| {
+            o.extend_from_slice(&v.to_le_bytes())
+        });
+        put_list(&mut out, &self.cpus, |o, cpu| {
+            o.extend_from_slice(&cpu.mpidr.to_le_bytes());
+            put_list(o, &cpu.redist, pair32);
+            o.extend_from_slice(&cpu.ppi_levels.to_le_bytes());
+            put_list(o, &cpu.icc, |o, &(k, v)| {
+                o.extend_from_slice(&k.to_le_bytes());
+                o.extend_from_slice(&v.to_le_bytes());
+            });
+        });
+        out
+    }
+
+    /// Decodes and checks ([`GicState::check`]) an encoded state; never allocates more than
+    /// the input's size.
+    pub fn decode(bytes: &[u8]) -> Result<GicState> {
+        let mut r = Reader(bytes);
+        let version = r.u32()?;
+        if version != STATE_VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let nr_irqs = r.u32()?;
+        let pair32 = |r: &mut Reader| Ok((r.u32()?, r.u32()?));
+        let dist = r.list(8, pair32)?;
+        let spi_levels = r.list(4, Reader::u32)?;
+        // The smallest encoded vCPU: MPIDR, two empty lists, PPI levels.
+        let cpus = r.list(20, |r| {
+            Ok(CpuState {
+                mpidr: r.u64()?,
+                redist: r.list(8, pair32)?,
+                ppi_levels: r.u32()?,
+                icc: r.list(12, |r| Ok((r.u32()?, r.u64()?)))?,
+            })
+        })?;
+        if !r.0.is_empty() {
+            return Err(Error::TrailingBytes(r.0.len()));
+        }
+        let state = GicState {
+            nr_irqs,
+            dist,
+            spi_levels,
+            cpus,
+        };
+        state.check()?;
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state of the shape `save` writes, with distinct values in every register.
+    fn state(nr_irqs: u32, mpidrs: &[u64], pri_bits: u64) -> GicState {
+        let ctlr = (pri_bits - 1) << 8;
+        GicState {
+            nr_irqs,
+            dist: dist_layout(nr_irqs)
+                .iter()
+                .enumerate()
+                .map(|(i, &(off, _))| (off, i as u32 * 7))
+                .collect(),
+            spi_levels: (0..(nr_irqs - 32) / 32).map(|i| 1 << i).collect(),
+            cpus: mpidrs
+                .iter()
+                .map(|&mpidr| CpuState {
+                    mpidr,
+                    redist: REDIST_REGS.iter().map(|&(off, _)| (off, off ^ 5)).collect(),
+                    ppi_levels: 0x8000_0001,
+                    icc: icc_layout(ctlr)
+                        .iter()
+                        .map(|&(reg, _)| (reg, if reg == ICC_CTLR_EL1 { ctlr } else { 3 }))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+    #[test]
+    fn gic_state_sysreg_encodings_match_the_architecture() {
+        assert_eq!(sysreg(3, 0, 4, 6, 0), 0xc230); // ICC_PMR_EL1
+        assert_eq!(ICC_CTLR_EL1, 0xc664);
+    }
+
+    #[test]
+    fn gic_state_ap_count_follows_priority_bits() {
+        assert_eq!(ap_count(4 << 8), 1);
+        assert_eq!(ap_count(5 << 8), 2);
+        assert_eq!(ap_count(6 << 8), 4);
+    }
+
+    #[test]
+    fn gic_state_dist_layout_covers_spis_only_and_ends_with_ctlr() {
+        let layout = dist_layout(128);
+        // IIDR, STATUSR, 3 words of each 1-bit register (5), 24 priority, 6 config, 192 router
+        // halves, CTLR.
+        assert_eq!(layout.len(), 2 + 5 * 3 + 24 + 6 + 192 + 1);
+        assert_eq!(layout.last(), Some(&(GICD_CTLR, "GICD_CTLR")));
+        assert!(layout.iter().any(|&(o, _)| o == 0x6000 + 8 * 32));
+        assert!(!layout
+            .iter()
+            .any(|&(o, _)| o == 0x6000 + 8 * 31 || o == 0x100));
+    }
+
+    #[test]
+    fn gic_state_encodes_to_bytes_that_decode_to_it() {
+        let s = state(128, &[0x8000_0000, 0x8000_0001], 5);
+        let bytes = s.encode();
+        assert_eq!(GicState::decode(&bytes).unwrap(), s);
+        let big = state(1024, &[0x8000_0000], 7);
+        assert_eq!(GicState::decode(&big.encode()).unwrap(), big);
+        assert_eq!(big.cpus[0].icc.len(), 7 + 2 * 4);
+    }
+
+    #[test]
+    fn gic_state_damage_is_refused_with_its_own_error() {
+        let bytes = state(64, &[0x8000_0000], 5).encode();
+        let decode = |b: &[u8]| GicState::decode(b).unwrap_err();
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Error::Truncated
+        ));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(decode(&longer), Error::TrailingBytes(1)));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert!(matches!(decode(&v2), Error::UnsupportedVersion(2)));
+        let mut irqs = bytes.clone();
+        irqs[4] = 65;
+        assert!(matches!(decode(&irqs), Error::BadNrIrqs(65)));
+        // The first distributor register's offset (after version, nr_irqs, list length).
+        let mut off = bytes.clone();
+        off[12] ^= 4;
+        assert!(matches!(decode(&off), Error::Layout("distributor")));
+        // A count far beyond the input is refused before anything is allocated.
+        let mut count = bytes;
+        count[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&count), Error::Truncated));
+    }
+
+    #[test]
+    fn gic_state_check_fits_compares_shape_and_affinity_only() {
+        let s = state(128, &[0x8000_0000, 0x8000_0101], 5);
+        assert!(s.check_fits(&[0x8000_0000, 0x0000_0101], 128).is_ok());
+        assert!(matches!(
+            s.check_fits(&[0x8000_0000, 0x8000_0102], 128),
+            Err(Error::MpidrMismatch { index: 1, .. })
+        ));
+        assert!(matches!(
+            s.check_fits(&[0x8000_0000], 128),
+            Err(Error::CpuCountMismatch { saved: 2, vm: 1 })
+        ));
+        assert!(matches!(
+            s.check_fits(&[0x8000_0000, 0x8000_0101], 64),
+            Err(Error::NrIrqsMismatch { saved: 128, vm: 64 })
+        ));
+    }
+}
