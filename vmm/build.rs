@@ -74,6 +74,8 @@ fn symbols() -> BTreeMap<&'static str, u64> {
         ("SO_RCVTIMEO", 20),
         ("SO_PEERCRED", 17),
         ("MSG_NOSIGNAL", 0x4000),
+        // asm-generic/fcntl.h's O_CLOEXEC, which SOCK_CLOEXEC equals.
+        ("SOCK_CLOEXEC", 0o2000000),
         // linux/fs.h.
         ("RENAME_NOREPLACE", 1),
         // Signals: SIGABRT (abort), and glibc's SIGRTMIN (the kernel's 32 plus the two glibc

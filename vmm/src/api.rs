@@ -204,6 +204,60 @@ pub fn serve_one(stream: &mut UnixStream, handler: &dyn ApiHandler, access: &Acc
     let _ = stream.write_all(answer.as_bytes());
 }
 
+/// Tells whether the API thread is in the middle of a connection, so that refvmm, stopping,
+/// can let it finish writing an answer (`quit`'s) first.
+#[derive(Debug, Default)]
+pub struct Idle {
+    busy: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Idle {
+    fn set(&self, busy: bool) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = busy;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `limit` for the connection being served (if any) to be answered and closed.
+    pub fn wait(&self, limit: Duration) {
+        let g = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .cv
+            .wait_timeout_while(g, limit, |busy| *busy)
+            .map_err(|p| p.into_inner());
+    }
+}
+
+/// Serves the API socket on the calling thread (refvmm's `api` thread), one connection at a
+/// time: each peer is checked, its request read within [`REQUEST_DEADLINE`] and answered by
+/// `handler`. `listener` must be blocking. Never returns.
+///
+/// A slow client therefore holds only this thread, never the main loop (console input, the
+/// vCPUs' exit notification); the next client waits at most the deadline.
+pub fn serve(
+    listener: std::os::unix::net::UnixListener,
+    handler: &dyn ApiHandler,
+    access: &Access,
+    idle: &Idle,
+) -> ! {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                idle.set(true);
+                serve_one(&mut stream, handler, access);
+                drop(stream);
+                idle.set(false);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Out of file descriptors or memory: back off rather than spin.
+                crate::guest_log!(log::Level::Warn, "API: cannot accept a connection: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// Mode of the API socket file unless the operator sets one.
 pub const DEFAULT_MODE: u32 = 0o600;
 

@@ -1,5 +1,5 @@
-//! The main thread's event loop (event-manager): console input from stdin, and the
-//! notification that a vCPU stopped the VM.
+//! The main thread's event loop (event-manager): console input from stdin, the notification
+//! that a vCPU stopped the VM, and the API requests the `api` thread hands over.
 
 use crate::api::{self, ApiHandler};
 use crate::devices::serial::Console;
@@ -7,8 +7,7 @@ use crate::vcpu::VcpuStop;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
@@ -137,24 +136,72 @@ impl Drop for RawStdin {
     }
 }
 
-/// Accepts API connections and answers each one.
-struct ApiServer {
-    listener: UnixListener,
-    handler: Arc<dyn ApiHandler>,
-    access: api::Access,
+/// A request the API thread hands to the main thread, with where its answer goes.
+struct ApiCall {
+    request: api::Request,
+    answer: mpsc::SyncSender<std::result::Result<String, String>>,
 }
 
-impl MutEventSubscriber for ApiServer {
+/// The API thread's handler: hands each request to the main thread's loop and waits for the
+/// answer. Requests that touch the VM (pause, snapshot, KVM ioctls) thus run on the main
+/// thread, and the API thread needs no KVM access at all.
+pub struct ApiBridge {
+    calls: mpsc::Sender<ApiCall>,
+    wake: Arc<EventFd>,
+}
+
+impl ApiHandler for ApiBridge {
+    fn handle(&self, request: api::Request) -> std::result::Result<String, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let stopping = || "refvmm is stopping".to_string();
+        self.calls
+            .send(ApiCall {
+                request,
+                answer: tx,
+            })
+            .map_err(|_| stopping())?;
+        let _ = self.wake.write(1);
+        rx.recv().unwrap_or_else(|_| Err(stopping()))
+    }
+}
+
+/// The main thread's end of the API: executes the requests the API thread hands over.
+pub struct ApiQueue {
+    calls: mpsc::Receiver<ApiCall>,
+    wake: Arc<EventFd>,
+    handler: Arc<dyn ApiHandler>,
+}
+
+/// The two ends between the API thread ([`ApiBridge`]) and the main loop ([`ApiQueue`]),
+/// whose requests `handler` executes.
+pub fn api_channel(handler: Arc<dyn ApiHandler>) -> std::io::Result<(ApiBridge, ApiQueue)> {
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        ApiBridge {
+            calls: tx,
+            wake: wake.clone(),
+        },
+        ApiQueue {
+            calls: rx,
+            wake,
+            handler,
+        },
+    ))
+}
+
+impl MutEventSubscriber for ApiQueue {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        while let Ok((mut stream, _)) = self.listener.accept() {
-            let _ = stream.set_nonblocking(false);
-            api::serve_one(&mut stream, self.handler.as_ref(), &self.access);
+        let _ = self.wake.read();
+        while let Ok(call) = self.calls.try_recv() {
+            let answer = self.handler.handle(call.request);
+            let _ = call.answer.send(answer);
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            log::error!("cannot watch the API socket: {e:?}");
+        if let Err(e) = ops.add(Events::new(&*self.wake, EventSet::IN)) {
+            log::error!("cannot watch the API requests: {e:?}");
         }
     }
 }
@@ -165,7 +212,7 @@ impl MutEventSubscriber for ApiServer {
 pub fn run<W: Write + Send + 'static>(
     console: Arc<Mutex<Console<W>>>,
     exit: &ExitSignal,
-    api: Option<(UnixListener, Arc<dyn ApiHandler>, api::Access)>,
+    api: Option<(ApiQueue, Arc<api::Idle>)>,
     before_loop: impl FnOnce() -> crate::sandbox::Result<()>,
 ) -> Result<VcpuStop> {
     let _raw = RawStdin::new();
@@ -173,16 +220,17 @@ pub fn run<W: Write + Send + 'static>(
         EventManager::new().map_err(Error::Manager)?;
     em.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
     em.add_subscriber(Arc::new(Mutex::new(StdinInput { console })));
-    if let Some((listener, handler, access)) = api {
-        em.add_subscriber(Arc::new(Mutex::new(ApiServer {
-            listener,
-            handler,
-            access,
-        })));
-    }
+    let idle = api.map(|(queue, idle)| {
+        em.add_subscriber(Arc::new(Mutex::new(queue)));
+        idle
+    });
     before_loop()?;
     loop {
         if let Some(stop) = exit.get() {
+            // A `quit` was answered on this thread; let the API thread write it out.
+            if let Some(idle) = &idle {
+                idle.wait(std::time::Duration::from_secs(1));
+            }
             return Ok(stop);
         }
         em.run().map_err(Error::Manager)?;

@@ -42,21 +42,33 @@ pub const PROBE_SYSCALL: &str = "getppid";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Category {
     /// The main thread: set-up, then the event loop (console input, exit notification) and
-    /// the control API, which it serves itself.
+    /// the API requests the `api` thread hands over (pause, snapshot: the KVM ioctls).
     Vmm,
     /// A vCPU thread: `KVM_RUN`, MMIO to the console, hypercalls and SDEI delivery.
     Vcpu,
+    /// The API thread: accepts connections on the API socket, checks the peer, reads the
+    /// request and writes the answer; no KVM access and no files.
+    Api,
+    /// The console writer: guest output from the console's queue to stdout.
+    Console,
 }
 
 impl Category {
     /// Every category.
-    pub const ALL: [Category; 2] = [Category::Vmm, Category::Vcpu];
+    pub const ALL: [Category; 4] = [
+        Category::Vmm,
+        Category::Vcpu,
+        Category::Api,
+        Category::Console,
+    ];
 
     /// The category's name in the policy file.
     pub fn name(self) -> &'static str {
         match self {
             Category::Vmm => "vmm",
             Category::Vcpu => "vcpu",
+            Category::Api => "api",
+            Category::Console => "console",
         }
     }
 
@@ -79,7 +91,7 @@ pub enum Error {
     #[error("Seccomp filters exist only for aarch64; use --seccomp off on this host")]
     Arch,
     /// The test hook names no category.
-    #[error("{PROBE_ENV}={0:?} names no thread category (vmm, vcpu)")]
+    #[error("{PROBE_ENV}={0:?} names no thread category (vmm, vcpu, api, console)")]
     Probe(String),
     /// The `SIGSYS` handler could not be installed.
     #[error("Cannot install the SIGSYS handler: {0}")]
@@ -363,7 +375,7 @@ mod tests {
         ] {
             let filters = decode(blob).unwrap();
             let names: Vec<&str> = filters.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, ["vcpu", "vmm"]);
+            assert_eq!(names, ["api", "console", "vcpu", "vmm"]);
             for (name, prog) in &filters {
                 assert!(returns(prog, wanted), "{name} never returns {wanted:#x}");
                 assert!(!returns(prog, unwanted), "{name} returns {unwanted:#x}");
@@ -416,6 +428,7 @@ mod tests {
         assert_eq!(sym("SOL_SOCKET"), num(libc::SOL_SOCKET));
         assert_eq!(sym("SO_RCVTIMEO"), num(libc::SO_RCVTIMEO));
         assert_eq!(sym("MSG_NOSIGNAL"), num(libc::MSG_NOSIGNAL));
+        assert_eq!(sym("SOCK_CLOEXEC"), num(libc::SOCK_CLOEXEC));
         assert_eq!(sym("SIGABRT"), num(libc::SIGABRT));
         assert_eq!(sym("SIGRTMIN"), num(vmm_sys_util::signal::SIGRTMIN()));
         #[cfg(target_arch = "aarch64")]
@@ -458,6 +471,38 @@ mod tests {
             assert_eq!(sym("KVM_SET_MP_STATE"), num(KVM_SET_MP_STATE()));
             assert_eq!(sym("KVM_ARM_VCPU_INIT"), num(KVM_ARM_VCPU_INIT()));
         }
+    }
+
+    /// The policy's numeric argument values (flags, operations) are this target's constants.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn numeric_policy_values_are_the_targets_constants() {
+        use libc::*;
+        assert_eq!(0x22, MAP_PRIVATE | MAP_ANONYMOUS);
+        assert_eq!(0x4022, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+        assert_eq!(4, PROT_EXEC);
+        assert_eq!(4, MADV_DONTNEED);
+        assert_eq!(4, MS_SYNC);
+        assert_eq!(
+            0x880C1,
+            O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        );
+        assert_eq!(0x84000, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_eq!(
+            0xFFFD_FFFFu32,
+            !(0o400000u32),
+            "the mask leaves out O_LARGEFILE"
+        );
+        assert_eq!(
+            [0, 1, 128, 129, 137],
+            [
+                FUTEX_WAIT,
+                FUTEX_WAKE,
+                FUTEX_WAIT | FUTEX_PRIVATE_FLAG,
+                FUTEX_WAKE | FUTEX_PRIVATE_FLAG,
+                FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG
+            ]
+        );
     }
 
     #[test]

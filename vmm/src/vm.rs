@@ -3,6 +3,7 @@
 use crate::api::{self, ApiHandler, Request};
 use crate::boot;
 use crate::config::VmConfig;
+use crate::devices::console_out::{self, OutputQueue, QueuedOutput};
 use crate::devices::serial::Console;
 use crate::devices::virtio::pmem::PmemDevice;
 use crate::devices::virtio::MmioTransport;
@@ -161,7 +162,7 @@ struct Machine {
     handle: VmHandle,
     mem: Arc<SharedGuestMemory>,
     gic: Gic,
-    console: Arc<Mutex<Console<std::io::Stdout>>>,
+    console: Arc<Mutex<Console<QueuedOutput>>>,
     sdei: Option<Arc<Sdei>>,
     kicker: Arc<Kicker>,
     control: Arc<VcpuControl>,
@@ -280,15 +281,16 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     }
     // The console comes after the GIC: restoring one raises its pending interrupt again, which
     // the GIC must not wipe with its own restored state.
+    let console_out = OutputQueue::new(console_out::CAPACITY);
     let console = match &snapshot {
-        None => Console::new(uart_irq, std::io::stdout()),
+        None => Console::new(uart_irq, console_out.writer()),
         Some(r) => {
             let wire: snapshot::SerialWire = snapshot::decode(
                 "console state",
                 &r.read("serial.bin").map_err(Error::Snapshot)?,
             )
             .map_err(Error::Snapshot)?;
-            Console::from_wire(uart_irq, std::io::stdout(), &wire).map_err(Error::Restore)?
+            Console::from_wire(uart_irq, console_out.writer(), &wire).map_err(Error::Restore)?
         }
     };
     let console = Arc::new(Mutex::new(console));
@@ -326,13 +328,37 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     log::info!("starting the vCPUs");
     let hooks: Option<Arc<dyn HypercallHandler>> =
         sdei.clone().map(|s| s as Arc<dyn HypercallHandler>);
+    // Guest output reaches stdout on a thread of its own: a stalled stdout never blocks a vCPU.
+    let drain = console_out.clone();
+    let _ = sandbox.spawn(Category::Console, "console".into(), move || {
+        drain.drain_to(&mut std::io::stdout())
+    })?;
     let api = match &cfg.api_socket {
         Some(socket) => {
             let listener = api::bind(socket).map_err(Error::Api)?;
+            // The API thread blocks in accept.
+            listener
+                .set_nonblocking(false)
+                .map_err(|source| Error::Device {
+                    what: "API socket",
+                    source,
+                })?;
             let handler: Arc<dyn ApiHandler> = Arc::new(VmApi {
                 machine: machine.clone(),
             });
-            Some((listener, handler, api::Access::new(&socket.allowed_uids)))
+            let (bridge, queue) =
+                eventloop::api_channel(handler).map_err(|source| Error::Device {
+                    what: "API request queue",
+                    source,
+                })?;
+            let access = api::Access::new(&socket.allowed_uids);
+            let idle = Arc::new(api::Idle::default());
+            let thread_idle = idle.clone();
+            // Detached: it serves until the process exits.
+            let _ = sandbox.spawn(Category::Api, "api".into(), move || {
+                api::serve(listener, &bridge, &access, &thread_idle)
+            })?;
+            Some((queue, idle))
         }
         None => None,
     };
@@ -367,6 +393,10 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     })?;
     if let Some(s) = &cfg.api_socket {
         let _ = std::fs::remove_file(&s.path);
+    }
+    // Keep the guest's last output (a kernel's final lines before it powers off).
+    if !console_out.wait_empty(std::time::Duration::from_secs(2)) {
+        log::warn!("console: stdout did not take the guest's last output within 2 s; it is lost");
     }
     log::info!("the VM stopped: {stop:?}");
     // The vCPU threads still use the VM; the process exits right after this returns.

@@ -386,6 +386,46 @@ fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
     assert_eq!(status, Some(0), "{}", b.drain());
 }
 
+/// A client that sends half a request and then nothing holds only the API thread: console
+/// input still reaches the guest while that client waits for its answer, which comes when its
+/// request deadline passes; the API then serves the next client.
+#[test]
+fn a_slow_api_client_does_not_hold_the_main_loop() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let tmp = scratch_dir("slow-client");
+    let sock = tmp.join("vm.sock");
+    let mut vm = Running::with_api(1, &sock, "payload.latency=1");
+    vm.wait_for(b"latency ready\n");
+    let mut slow = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    slow.write_all(b"sta").unwrap();
+    // The API thread is now waiting for the rest of the line.
+    std::thread::sleep(Duration::from_millis(200));
+    vm.send(b"x");
+    vm.wait_for(b"I");
+    slow.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 128];
+    let early = slow.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the slow client was answered before console input got through: {early:?}"
+    );
+    slow.set_nonblocking(false).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&slow).read_line(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("error Bad request: the request did not arrive within"),
+        "{answer:?}"
+    );
+    assert_eq!(api(&sock, "status"), "ok running");
+    vm.send(b"q");
+    vm.wait_for(b"raw-payload: PASS\n");
+    let status = vm.child.wait().unwrap().code();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(status, Some(0), "{}", vm.drain());
+}
+
 /// PSCI power transitions reach the SDEI dispatcher: cpu 1 turns itself off inside its event
 /// handler (registered, enabled, handler running); while it is off an event raised for it
 /// finds nothing registered; after `CPU_ON` it starts masked with nothing registered, and once

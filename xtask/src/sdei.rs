@@ -242,7 +242,7 @@ pub fn sdei(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     checks.extend(hotplug_checks(&out, &d));
     checks.push(check(
         "sdei: every refvmm thread runs under a seccomp filter (Seccomp: 2)",
-        crate::guest::threads_filtered(&out, &["refvmm", "vcpu0", "vcpu1"]),
+        crate::guest::threads_filtered(&out, &["refvmm", "vcpu0", "vcpu1", "api"]),
     ));
     checks.push(check(
         "sdei: the guest powers off (refvmm exit 0)",

@@ -1,5 +1,6 @@
 //! Guest-visible devices and the MMIO bus that routes vCPU MMIO exits to them.
 
+pub mod console_out;
 pub mod serial;
 pub mod virtio;
 
