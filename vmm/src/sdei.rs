@@ -235,7 +235,7 @@ impl Sdei {
             );
         }
         let _ = self.service.dispatcher().reset_vcpu(index);
-        log::debug!("vCPU {index}: off (PSCI CPU_OFF)");
+        crate::guest_log!(log::Level::Debug, "vCPU {index}: off (PSCI CPU_OFF)");
     }
 
     /// vCPU `index` was turned on by `CPU_ON`: reset, entry point, context ID in x0, EL1h with
@@ -249,7 +249,10 @@ impl Sdei {
             r.set_x(0, context)
         });
         match res {
-            Ok(()) => log::debug!("vCPU {index}: on at {entry:#x} (PSCI CPU_ON)"),
+            Ok(()) => crate::guest_log!(
+                log::Level::Debug,
+                "vCPU {index}: on at {entry:#x} (PSCI CPU_ON)"
+            ),
             Err(e) => crate::guest_log!(
                 log::Level::Error,
                 "vCPU {index}: cannot start after CPU_ON: {e}"
