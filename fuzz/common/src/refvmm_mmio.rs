@@ -25,13 +25,13 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use refvmm::devices::serial::Console;
 use refvmm::devices::virtio::mmio::{reg, MAGIC, VENDOR_ID, VERSION};
 use refvmm::devices::virtio::pmem::{Flush, PmemDevice, QUEUE_SIZE, VIRTIO_ID_PMEM};
-use refvmm::devices::virtio::{status, Interrupt, MmioTransport, VIRTIO_F_VERSION_1};
+use refvmm::devices::virtio::{status, MmioTransport, VIRTIO_F_VERSION_1};
 use refvmm::devices::MmioBus;
 use refvmm::layout::{UART_BASE, UART_SIZE, VIRTIO_BASE, VIRTIO_SIZE};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -60,15 +60,7 @@ impl Write for Output {
     }
 }
 
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicU32>);
-
-impl Interrupt for Counter {
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
+use crate::virtio_pmem::Counter;
 
 struct NoFlush;
 

@@ -64,8 +64,10 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
+/// A virtio interrupt that counts its triggers (also used by the `refvmm_mmio_sequences`
+/// target).
 #[derive(Clone, Default)]
-struct Counter(Arc<AtomicU32>);
+pub(crate) struct Counter(pub(crate) Arc<AtomicU32>);
 
 impl Interrupt for Counter {
     fn trigger(&self) -> std::io::Result<()> {
