@@ -67,6 +67,7 @@ mod registers;
 mod return_code;
 mod router;
 mod service;
+#[cfg(feature = "test-utils")]
 pub mod testing;
 
 pub use arch::{ArmArchitecture, SmcccVersion, SocId};

@@ -88,6 +88,7 @@ pub fn load(bytes: &[u8], config: DispatcherConfig) -> Result<Dispatcher> {
 ///
 /// Only if one of those checks fails, which is a bug in this crate: arbitrary `data` never
 /// panics otherwise.
+#[cfg(feature = "test-utils")]
 pub fn fuzz_decode(data: &[u8]) -> Result<()> {
     let snapshot = Snapshot::decode(data)?;
     let again = Snapshot::decode(&snapshot.encode()?);
