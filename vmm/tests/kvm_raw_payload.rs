@@ -328,6 +328,15 @@ impl Running {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
 
+    /// Waits for the payload's PASS line and a clean power-off (exit status 0), then removes
+    /// the test's scratch directory `tmp`.
+    fn expect_pass(mut self, tmp: &std::path::Path) {
+        self.wait_for(b"raw-payload: PASS\n");
+        let status = self.child.wait().unwrap().code();
+        let _ = std::fs::remove_dir_all(tmp);
+        assert_eq!(status, Some(0), "{}", self.drain());
+    }
+
     fn send(&mut self, bytes: &[u8]) {
         use std::io::Write;
         self.stdin
@@ -380,10 +389,7 @@ fn a_snapshot_taken_inside_an_sdei_handler_completes_after_restore() {
     b.send(b"x");
     b.wait_for(b"I");
     b.send(b"q");
-    b.wait_for(b"raw-payload: PASS\n");
-    let status = b.child.wait().unwrap().code();
-    let _ = std::fs::remove_dir_all(&tmp);
-    assert_eq!(status, Some(0), "{}", b.drain());
+    b.expect_pass(&tmp);
 }
 
 /// A client that sends half a request and then nothing holds only the API thread: console
@@ -420,10 +426,7 @@ fn a_slow_api_client_does_not_hold_the_main_loop() {
     );
     assert_eq!(api(&sock, "status"), "ok running");
     vm.send(b"q");
-    vm.wait_for(b"raw-payload: PASS\n");
-    let status = vm.child.wait().unwrap().code();
-    let _ = std::fs::remove_dir_all(&tmp);
-    assert_eq!(status, Some(0), "{}", vm.drain());
+    vm.expect_pass(&tmp);
 }
 
 /// PSCI power transitions reach the SDEI dispatcher: cpu 1 turns itself off inside its event
@@ -446,10 +449,7 @@ fn cpu_off_and_cpu_on_reset_the_sdei_state_of_a_vcpu() {
     vm.send(b"g");
     vm.wait_for(b"cpu 1 armed, round 2\n");
     assert_eq!(api(&sock, "sdei-signal 0x1000000 1"), "ok pending");
-    vm.wait_for(b"raw-payload: PASS\n");
-    let status = vm.child.wait().unwrap().code();
-    let _ = std::fs::remove_dir_all(&tmp);
-    assert_eq!(status, Some(0), "{}", vm.drain());
+    vm.expect_pass(&tmp);
 }
 
 /// The virtual timer keeps interrupting across snapshot and restore, also when the snapshot
@@ -478,10 +478,7 @@ fn the_virtual_timer_keeps_ticking_across_snapshots() {
         vm.wait_for(b"tt");
     }
     vm.send(b"q");
-    vm.wait_for(b"raw-payload: PASS\n");
-    let status = vm.child.wait().unwrap().code();
-    let _ = std::fs::remove_dir_all(&tmp);
-    assert_eq!(status, Some(0), "{}", vm.drain());
+    vm.expect_pass(&tmp);
 }
 
 /// A snapshot whose components do not fit its manifest's VM (each one intact, with a correct
