@@ -18,6 +18,7 @@ use hypercall_router::{
     Call, CallContext, Convention, FunctionRange, Outcome, Owner, RegisterView, Results, Service,
     ServiceInfo,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// PSCI function number of `CPU_OFF` (SMC32 only).
@@ -209,14 +210,21 @@ impl PowerTable {
 /// made pending out of `KVM_RUN`.
 pub struct Psci {
     table: Mutex<PowerTable>,
+    /// Per vCPU: a `CPU_ON` made it pending and it has not started yet (read before every
+    /// `KVM_RUN` without the table's lock).
+    starting: Box<[AtomicBool]>,
     kick: Box<dyn Fn(usize) + Send + Sync>,
 }
 
 impl Psci {
     /// The service over `table`; `kick(index)` must make vCPU `index` leave `KVM_RUN`.
     pub fn new(table: PowerTable, kick: Box<dyn Fn(usize) + Send + Sync>) -> Self {
+        let starting = (0..table.power.len())
+            .map(|i| AtomicBool::new(matches!(table.power(i), Some(Power::OnPending { .. }))))
+            .collect();
         Psci {
             table: Mutex::new(table),
+            starting,
             kick,
         }
     }
@@ -224,6 +232,39 @@ impl Psci {
     /// The power table.
     pub fn table(&self) -> MutexGuard<'_, PowerTable> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the power table (after boot set-up or a restore, before any vCPU runs).
+    pub fn replace_table(&self, table: PowerTable) {
+        let mut t = self.table();
+        for (i, flag) in self.starting.iter().enumerate() {
+            flag.store(
+                matches!(table.power(i), Some(Power::OnPending { .. })),
+                Ordering::Release,
+            );
+        }
+        *t = table;
+    }
+
+    /// Whether vCPU `index` has a `CPU_ON` to act on (one atomic load, no lock).
+    pub fn start_pending(&self, index: usize) -> bool {
+        self.starting
+            .get(index)
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    }
+
+    /// The entry point and context ID of vCPU `index`'s pending `CPU_ON`, marking it on; takes
+    /// the table's lock only when [`Psci::start_pending`] says there is one.
+    pub fn take_start(&self, index: usize) -> Option<(u64, u64)> {
+        if !self.start_pending(index) {
+            return None;
+        }
+        let mut t = self.table();
+        let start = t.take_start(index);
+        if let Some(flag) = self.starting.get(index) {
+            flag.store(false, Ordering::Release);
+        }
+        start
     }
 }
 
@@ -246,6 +287,9 @@ impl Service for Psci {
             _ => (NOT_SUPPORTED, None),
         };
         if let Some(index) = kick {
+            if let Some(flag) = self.starting.get(index) {
+                flag.store(true, Ordering::Release);
+            }
             (self.kick)(index);
         }
         Outcome::Return(Results::value(code as u64))

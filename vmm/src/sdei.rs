@@ -19,17 +19,15 @@
 use crate::psci::{Power, PowerTable, Psci};
 use crate::regs;
 use crate::vcpu::{HypercallHandler, Kicker};
-use hypercall_router::kvm::{handle_hypercall_exit, install_smccc_filter, x_reg_id};
 use hypercall_router::{
-    Call, CallContext, FunctionId, Outcome, RegisterView, Router, RouterBuilder, Service,
-    ServiceInfo,
+    Call, CallContext, FunctionId, Outcome, RegisterFile, RegisterView, Router, RouterBuilder,
+    Service, ServiceInfo,
 };
-use kvm_bindings::{kvm_mp_state, kvm_regs, kvm_vcpu_init, user_pt_regs, KVM_MP_STATE_STOPPED};
+use kvm_bindings::{kvm_mp_state, kvm_vcpu_init, KVM_MP_STATE_STOPPED};
 use kvm_ioctls::{VcpuFd, VmFd};
-use sdei_dispatch::{
-    DispatcherConfig, EventDecl, EventKind, Priority, RaiseOutcome, SdeiRegisters, SdeiService,
-};
-use std::mem::offset_of;
+use sdei_dispatch::kvm::KvmVcpuRegisters;
+use sdei_dispatch::kvm::{deliver_pending, handle_hypercall_exit, install_smccc_filter};
+use sdei_dispatch::{DispatcherConfig, EventDecl, EventKind, Priority, RaiseOutcome, SdeiService};
 use std::sync::Arc;
 
 /// refvmm's private, normal-priority event.
@@ -115,7 +113,6 @@ pub struct Sdei {
     service: Arc<SdeiService>,
     psci: Arc<Psci>,
     router: SdeiRouter,
-    kicker: Arc<Kicker>,
     /// What a vCPU turned on by `CPU_ON` resets itself with (`KVM_ARM_VCPU_INIT`).
     reset_init: kvm_vcpu_init,
     mpidrs: Vec<u64>,
@@ -149,10 +146,9 @@ impl Sdei {
         reset_init: kvm_vcpu_init,
     ) -> Result<Self> {
         let service = Arc::new(service);
-        let k = kicker.clone();
         let psci = Arc::new(Psci::new(
             PowerTable::at_boot(mpidrs),
-            Box::new(move |i| k.kick(i)),
+            Box::new(move |i| kicker.kick(i)),
         ));
         let mut b: RouterBuilder<Routed, 4, 8> = RouterBuilder::new();
         b.register(Routed::Sdei(service.clone()))
@@ -163,7 +159,6 @@ impl Sdei {
             service,
             psci,
             router: b.build(),
-            kicker,
             reset_init,
             mpidrs: mpidrs.to_vec(),
         })
@@ -177,7 +172,8 @@ impl Sdei {
         kicker: Arc<Kicker>,
         reset_init: kvm_vcpu_init,
     ) -> Result<Self> {
-        let service = SdeiService::new(Self::config(mpidrs, mte))
+        let k = kicker.clone();
+        let service = SdeiService::new(Self::config(mpidrs, mte), move |i| k.kick(i))
             .map_err(|e| Error::Config(e.to_string()))?;
         Self::with_service(service, mpidrs, kicker, reset_init)
     }
@@ -192,8 +188,9 @@ impl Sdei {
     ) -> Result<Self> {
         let dispatcher = sdei_migration::load(bytes, Self::config(mpidrs, mte))
             .map_err(|e| Error::Config(e.to_string()))?;
+        let k = kicker.clone();
         Self::with_service(
-            SdeiService::from_dispatcher(dispatcher),
+            SdeiService::from_dispatcher(dispatcher, move |i| k.kick(i)),
             mpidrs,
             kicker,
             reset_init,
@@ -212,7 +209,8 @@ impl Sdei {
                 Power::On
             });
         }
-        *self.psci.table() = PowerTable::new(&self.mpidrs, power);
+        self.psci
+            .replace_table(PowerTable::new(&self.mpidrs, power));
         Ok(())
     }
 
@@ -242,11 +240,13 @@ impl Sdei {
     /// DAIF masked, and a reset SDEI state.
     fn start_vcpu(&self, vcpu: &VcpuFd, index: usize, entry: u64, context: u64) {
         let _ = self.service.dispatcher().reset_vcpu(index);
-        let mut r = KvmSdeiRegs(vcpu);
-        let res = vcpu.vcpu_init(&self.reset_init).and_then(|()| {
-            r.set_pstate(regs::PSTATE_EL1H_DAIF)?;
-            r.set_pc(entry)?;
-            r.set_x(0, context)
+        let res = vcpu.vcpu_init(&self.reset_init).map_err(|e| e.to_string());
+        let res = res.and_then(|()| {
+            let mut r = KvmVcpuRegisters::new(vcpu);
+            r.set_pstate(regs::PSTATE_EL1H_DAIF)
+                .and_then(|()| r.set_pc(entry))
+                .and_then(|()| r.write_x(0, context))
+                .map_err(|e| e.to_string())
         });
         match res {
             Ok(()) => crate::guest_log!(
@@ -275,77 +275,7 @@ impl Sdei {
     /// Raises `event` (on `vcpu` for a private event; a shared one goes to its route) and
     /// kicks the vCPUs that now have an event to take.
     pub fn raise(&self, event: u32, vcpu: Option<usize>) -> Result<RaiseOutcome> {
-        let (outcome, kicks): (RaiseOutcome, Vec<usize>) = {
-            let mut d = self.service.dispatcher();
-            let outcome = d.raise(event, vcpu).map_err(Error::Raise)?;
-            (outcome, d.vcpus_needing_kick().collect())
-        };
-        for v in kicks {
-            self.kicker.kick(v);
-        }
-        Ok(outcome)
-    }
-}
-
-/// A vCPU's registers through ONE_REG, as the dispatcher sees them.
-struct KvmSdeiRegs<'a>(&'a VcpuFd);
-
-fn core(offset: usize) -> u64 {
-    hypercall_router::kvm::core_reg_id(offset)
-}
-
-impl KvmSdeiRegs<'_> {
-    fn get(&self, id: u64) -> std::result::Result<u64, kvm_ioctls::Error> {
-        let mut b = [0u8; 8];
-        self.0.get_one_reg(id, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    fn put(&self, id: u64, v: u64) -> std::result::Result<(), kvm_ioctls::Error> {
-        self.0.set_one_reg(id, &v.to_le_bytes()).map(|_| ())
-    }
-}
-
-fn x_id(n: usize) -> std::result::Result<u64, kvm_ioctls::Error> {
-    u8::try_from(n)
-        .ok()
-        .filter(|n| *n < 18)
-        .and_then(x_reg_id)
-        .ok_or_else(|| kvm_ioctls::Error::new(libc::EINVAL))
-}
-
-const ELR_EL1: usize = offset_of!(kvm_regs, elr_el1);
-/// SPSR_EL1 is `spsr[KVM_SPSR_EL1]`, the first element.
-const SPSR_EL1: usize = offset_of!(kvm_regs, spsr);
-const _: () = assert!(kvm_bindings::KVM_SPSR_EL1 == 0);
-const _: () = assert!(offset_of!(kvm_regs, regs) + offset_of!(user_pt_regs, regs) == 0);
-
-impl SdeiRegisters for KvmSdeiRegs<'_> {
-    type Error = kvm_ioctls::Error;
-
-    fn x(&mut self, n: usize) -> std::result::Result<u64, Self::Error> {
-        self.get(x_id(n)?)
-    }
-    fn set_x(&mut self, n: usize, value: u64) -> std::result::Result<(), Self::Error> {
-        self.put(x_id(n)?, value)
-    }
-    fn pc(&mut self) -> std::result::Result<u64, Self::Error> {
-        self.get(regs::PC)
-    }
-    fn set_pc(&mut self, value: u64) -> std::result::Result<(), Self::Error> {
-        self.put(regs::PC, value)
-    }
-    fn pstate(&mut self) -> std::result::Result<u64, Self::Error> {
-        self.get(regs::PSTATE)
-    }
-    fn set_pstate(&mut self, value: u64) -> std::result::Result<(), Self::Error> {
-        self.put(regs::PSTATE, value)
-    }
-    fn set_elr_el1(&mut self, value: u64) -> std::result::Result<(), Self::Error> {
-        self.put(core(ELR_EL1), value)
-    }
-    fn set_spsr_el1(&mut self, value: u64) -> std::result::Result<(), Self::Error> {
-        self.put(core(SPSR_EL1), value)
+        self.service.raise(event, vcpu).map_err(Error::Raise)
     }
 }
 
@@ -364,61 +294,24 @@ impl HypercallHandler for Sdei {
             self.stop_vcpu(vcpu, i);
             return;
         }
-        // A call can leave an event pending on another vCPU (EVENT_SIGNAL; an unmask or
-        // routing change making a shared event deliverable elsewhere): kick it there.
-        let kicks: Vec<usize> = self
-            .service
-            .dispatcher()
-            .vcpus_needing_kick()
-            .filter(|v| *v != i)
-            .collect();
-        for v in kicks {
-            self.kicker.kick(v);
-        }
-        if let Some(w) = self.service.take_control_writes(i) {
-            let mut r = KvmSdeiRegs(vcpu);
-            let res = (|| {
-                if let Some(v) = w.elr_el1 {
-                    r.set_elr_el1(v)?;
-                }
-                if let Some(v) = w.spsr_el1 {
-                    r.set_spsr_el1(v)?;
-                }
-                if let Some(v) = w.pstate {
-                    r.set_pstate(v)?;
-                }
-                if let Some(v) = w.pc {
-                    r.set_pc(v)?;
-                }
-                Ok::<(), kvm_ioctls::Error>(())
-            })();
-            if let Err(e) = res {
-                crate::guest_log!(
-                    log::Level::Error,
-                    "vCPU {index}: cannot finish an SDEI completion: {e}"
-                );
-            }
-        }
+        // The SDEI service has kicked every other vCPU the call left an event pending on,
+        // and a completion has already put the interrupted context back.
     }
 
     fn wants_registers(&self, index: u8) -> bool {
         let i = usize::from(index);
-        matches!(self.psci.table().power(i), Some(Power::OnPending { .. }))
-            || self.service.dispatcher().pending_dispatch(i)
+        self.psci.start_pending(i) || self.service.has_pending(i)
     }
 
     fn before_run(&self, vcpu: &VcpuFd, index: u8) {
         let i = usize::from(index);
-        let start = self.psci.table().take_start(i);
-        if let Some((entry, context)) = start {
+        if let Some((entry, context)) = self.psci.take_start(i) {
             self.start_vcpu(vcpu, i, entry, context);
         }
         // Deliver while out of KVM_RUN; at most one event per entry (a critical event can
-        // still pre-empt the normal handler just entered on the next pass).
-        if !self.service.dispatcher().pending_dispatch(i) {
-            return;
-        }
-        match self.service.dispatch_pending(i, &mut KvmSdeiRegs(vcpu)) {
+        // still pre-empt the normal handler just entered on the next pass). Nothing pending
+        // costs one atomic load.
+        match deliver_pending(&self.service, vcpu, i) {
             Ok(Some(info)) => log::debug!("vCPU {index}: SDEI event {:#x} delivered", info.event),
             Ok(None) => {}
             Err(e) => crate::guest_log!(

@@ -13,6 +13,22 @@ pub enum Conduit {
     Smc,
 }
 
+/// `KVM_HYPERCALL_EXIT_SMC`: bit 0 of an arm64 `KVM_EXIT_HYPERCALL`'s flags, set when the
+/// guest used `SMC` (clear for `HVC`).
+pub const KVM_HYPERCALL_EXIT_SMC: u64 = 1 << 0;
+
+impl Conduit {
+    /// The conduit of a `KVM_EXIT_HYPERCALL` with these exit flags
+    /// ([`KVM_HYPERCALL_EXIT_SMC`] set: `SMC`; otherwise `HVC`). Other flag bits are ignored.
+    pub const fn from_kvm_exit_flags(flags: u64) -> Self {
+        if flags & KVM_HYPERCALL_EXIT_SMC != 0 {
+            Conduit::Smc
+        } else {
+            Conduit::Hvc
+        }
+    }
+}
+
 /// Where a call came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CallContext {

@@ -7,8 +7,10 @@
 //!   refusing overlaps with an error naming both services; the built
 //!   [`Router`] reads the arguments a call's convention passes, calls the
 //!   service and writes its [`Results`] back per the convention.
-//! - [`RegisterFile`] abstracts the vCPU registers: [`InMemoryRegisters`] in
-//!   tests, the `kvm` adapter (aarch64, feature `kvm`) over a KVM vCPU.
+//! - [`RegisterFile`] abstracts one vCPU's registers (`x0`–`x17` and the
+//!   [`ControlRegister`]s PC, PSTATE, `ELR_EL1`, `SPSR_EL1`): [`InMemoryRegisters`] in
+//!   tests, the `kvm` adapter (feature `kvm`) over any hypervisor that can get and set a
+//!   register by ONE_REG ID, with implementations for kvm-ioctls on aarch64.
 //!
 //! The crate is `#![no_std]` without the default `std` feature and never
 //! allocates on the dispatch path: tables are sized by const generics.
@@ -61,7 +63,7 @@ mod call;
 #[cfg(feature = "std")]
 mod filter;
 mod function_id;
-#[cfg(all(feature = "kvm", target_arch = "aarch64"))]
+#[cfg(feature = "kvm")]
 pub mod kvm;
 mod registers;
 mod return_code;
@@ -71,7 +73,7 @@ mod service;
 pub mod testing;
 
 pub use arch::{ArmArchitecture, SmcccVersion, SocId};
-pub use call::{Call, CallContext, Conduit, Outcome, Results};
+pub use call::{Call, CallContext, Conduit, Outcome, Results, KVM_HYPERCALL_EXIT_SMC};
 #[cfg(feature = "std")]
 pub use filter::{IdRange, ARM_ARCHITECTURE_RESERVED};
 pub use function_id::{
@@ -79,7 +81,7 @@ pub use function_id::{
     SVE_HINT_BIT,
 };
 pub use registers::{
-    InMemoryRegisters, RegisterError, RegisterFile, RegisterView, SMCCC_REGISTERS,
+    ControlRegister, InMemoryRegisters, RegisterError, RegisterFile, RegisterView, SMCCC_REGISTERS,
 };
 pub use return_code::SmcccReturn;
 pub use router::{

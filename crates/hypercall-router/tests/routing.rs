@@ -6,9 +6,9 @@ mod common;
 use common::*;
 use hypercall_router::testing::InvertingService;
 use hypercall_router::{
-    ArmArchitecture, CallContext, CallType, Conduit, Convention, DispatchOutcome, FunctionRange,
-    InMemoryRegisters, Owner, OwnerIdentity, RegisterFile, Results, RouterBuilder, RouterError,
-    Service, SmcccReturn, Uid, Unsupported,
+    ArmArchitecture, CallContext, CallType, Conduit, ControlRegister, Convention, DispatchOutcome,
+    FunctionRange, InMemoryRegisters, Owner, OwnerIdentity, RegisterFile, Results, RouterBuilder,
+    RouterError, Service, SmcccReturn, Uid, Unsupported,
 };
 
 #[test]
@@ -360,6 +360,16 @@ impl RegisterFile for Probe {
             return Err(format!("x{n} is read-only"));
         }
         self.inner.write_x(n, value).map_err(|e| e.to_string())
+    }
+
+    fn read_control(&mut self, reg: ControlRegister) -> Result<u64, String> {
+        self.inner.read_control(reg).map_err(|e| e.to_string())
+    }
+
+    fn write_control(&mut self, reg: ControlRegister, value: u64) -> Result<(), String> {
+        self.inner
+            .write_control(reg, value)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -9,7 +9,7 @@ use crate::abi::{low32, pstate, DENIED, INVALID_PARAMETERS, SAVED_GPRS};
 use crate::config::{EventRef, Priority};
 use crate::dispatcher::{CallError, Reply};
 use crate::machine::{apply, Action};
-use crate::regs::SdeiRegisters;
+use crate::regs::RegisterFile;
 use crate::state::{HandlerFrame, Routing, SavedContext};
 use crate::Dispatcher;
 
@@ -95,7 +95,7 @@ impl Dispatcher {
     /// Starts the highest-priority deliverable handler on `vcpu`, which must be out of
     /// `KVM_RUN`: saves x0–x17, PC and PSTATE, and enters the handler with x0 = event,
     /// x1 = argument, x2 = interrupted PC, x3 = interrupted PSTATE.
-    pub fn dispatch_pending<R: SdeiRegisters>(
+    pub fn dispatch_pending<R: RegisterFile>(
         &mut self,
         vcpu: usize,
         regs: &mut R,
@@ -114,8 +114,8 @@ impl Dispatcher {
         };
 
         let mut context = SavedContext::default();
-        for (n, slot) in context.x.iter_mut().enumerate() {
-            *slot = regs.x(n).map_err(CallError::Registers)?;
+        for (slot, n) in context.x.iter_mut().zip(0u8..) {
+            *slot = regs.read_x(n).map_err(CallError::Registers)?;
         }
         context.pc = regs.pc().map_err(CallError::Registers)?;
         context.pstate = regs.pstate().map_err(CallError::Registers)?;
@@ -127,8 +127,8 @@ impl Dispatcher {
             context.pc,
             context.pstate,
         ];
-        for (n, value) in args.into_iter().enumerate() {
-            regs.set_x(n, value).map_err(CallError::Registers)?;
+        for (value, n) in args.into_iter().zip(0u8..) {
+            regs.write_x(n, value).map_err(CallError::Registers)?;
         }
         regs.set_pc(entry.entry_point)
             .map_err(CallError::Registers)?;
@@ -227,14 +227,14 @@ impl Dispatcher {
 
     /// Puts the interrupted context back, and for a resume emulates an IRQ taken to EL1 at
     /// `resume_at`: ELR_EL1 = interrupted PC, SPSR_EL1 = interrupted PSTATE.
-    pub(crate) fn write_completion<R: SdeiRegisters>(
+    pub(crate) fn write_completion<R: RegisterFile>(
         &self,
         regs: &mut R,
         frame: &HandlerFrame,
         resume_at: Option<u64>,
     ) -> Result<(), R::Error> {
-        for (n, value) in frame.context.x.iter().enumerate() {
-            regs.set_x(n, *value)?;
+        for (value, n) in frame.context.x.iter().zip(0u8..) {
+            regs.write_x(n, *value)?;
         }
         match resume_at {
             None => {

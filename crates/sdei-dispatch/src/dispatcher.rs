@@ -2,7 +2,7 @@
 
 use crate::abi::{self, low32, owns_function_id, Function, NOT_SUPPORTED};
 use crate::config::{ConfigError, DispatcherConfig, EventInfo, EventRef, Layout};
-use crate::regs::SdeiRegisters;
+use crate::regs::RegisterFile;
 use crate::state::{self, DispatcherState, EventEntry, HandlerFrame, RestoreError};
 
 /// The SDEI dispatcher of one VM.
@@ -95,7 +95,7 @@ impl Dispatcher {
     /// only changes the PC when a handler completes. After every call the VMM should try
     /// [`dispatch_pending`](Dispatcher::dispatch_pending) on this vCPU and kick
     /// [`vcpus_needing_kick`](Dispatcher::vcpus_needing_kick).
-    pub fn handle_call<R: SdeiRegisters>(
+    pub fn handle_call<R: RegisterFile>(
         &mut self,
         vcpu: usize,
         regs: &mut R,
@@ -103,22 +103,23 @@ impl Dispatcher {
         if vcpu >= self.vcpus() {
             return Err(CallError::InvalidVcpu(vcpu));
         }
-        let function_id = low32(regs.x(0).map_err(CallError::Registers)?);
+        let function_id = low32(regs.read_x(0).map_err(CallError::Registers)?);
         if !owns_function_id(function_id) {
             return Ok(CallOutcome::NotSdei);
         }
         let Some(function) = Function::decode(function_id) else {
-            regs.set_x(0, NOT_SUPPORTED as u64)
+            regs.write_x(0, NOT_SUPPORTED as u64)
                 .map_err(CallError::Registers)?;
             return Ok(CallOutcome::Returned(NOT_SUPPORTED));
         };
         let mut args = [0u64; 5];
-        for (n, arg) in args.iter_mut().enumerate().take(function.arg_count()) {
-            *arg = regs.x(n + 1).map_err(CallError::Registers)?;
+        for (arg, n) in args.iter_mut().take(function.arg_count()).zip(1u8..) {
+            *arg = regs.read_x(n).map_err(CallError::Registers)?;
         }
         match self.execute(vcpu, function, args) {
             Reply::Value(value) => {
-                regs.set_x(0, value as u64).map_err(CallError::Registers)?;
+                regs.write_x(0, value as u64)
+                    .map_err(CallError::Registers)?;
                 Ok(CallOutcome::Returned(value))
             }
             Reply::Completed { frame, resume_at } => {

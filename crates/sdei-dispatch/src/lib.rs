@@ -4,7 +4,8 @@
 //! events that interrupt it even when it runs with interrupts masked. This crate is the
 //! firmware side of that interface for a VMM: it decodes the SDEI calls a vCPU makes
 //! (function IDs `0xC4000020`–`0xC4000032`), keeps every handler's state machine, and enters
-//! and leaves handlers by rewriting the vCPU's registers through [`SdeiRegisters`].
+//! and leaves handlers by rewriting the vCPU's registers through [`RegisterFile`] (the
+//! register trait of `hypercall-router`, shared with every other hypercall service).
 //!
 //! It has no KVM dependency and no `unsafe`. With `default-features = false` it is
 //! `#![no_std]` (it needs `alloc`: tables are allocated once, sized by the configuration).
@@ -14,7 +15,7 @@
 //! ```
 //! use sdei_dispatch::abi::{Function, SUCCESS};
 //! use sdei_dispatch::{
-//!     CallOutcome, Dispatcher, DispatcherConfig, EventDecl, EventKind, Priority, RegisterFile,
+//!     CallOutcome, Dispatcher, DispatcherConfig, EventDecl, EventKind, Priority, InMemoryRegisters,
 //! };
 //!
 //! const WATCHDOG: u32 = 0x0100_0000;
@@ -23,7 +24,7 @@
 //! let mut sdei = Dispatcher::new(config)?;
 //!
 //! // vCPU 0 registers a handler at 0x8000 (routing RM_ANY), enables the event, unmasks.
-//! let mut regs = RegisterFile::default();
+//! let mut regs = InMemoryRegisters::default();
 //! for (function, args) in [
 //!     (Function::EventRegister, &[u64::from(WATCHDOG), 0x8000, 42, 0, 0][..]),
 //!     (Function::EventEnable, &[u64::from(WATCHDOG)][..]),
@@ -59,6 +60,8 @@ mod calls;
 pub mod config;
 mod delivery;
 mod dispatcher;
+#[cfg(feature = "kvm")]
+pub mod kvm;
 pub mod machine;
 pub mod regs;
 #[cfg(feature = "router")]
@@ -72,9 +75,9 @@ pub use config::{BindSlots, ConfigError, DispatcherConfig, EventDecl, EventKind,
 pub use delivery::DispatchInfo;
 pub use dispatcher::{CallError, CallOutcome, Dispatcher};
 pub use machine::HandlerState;
-pub use regs::{RegisterFile, SdeiRegisters};
+pub use regs::{ControlRegister, InMemoryRegisters, RegisterFile};
 #[cfg(feature = "router")]
-pub use service::{ControlWrites, SdeiService};
+pub use service::{DispatcherGuard, Kick, SdeiService};
 pub use state::{DispatcherState, RestoreError};
 pub use vmm::{RaiseOutcome, VmmError};
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use sdei_dispatch::abi::*;
 use sdei_dispatch::config::EVENT_0;
-use sdei_dispatch::{CallOutcome, RegisterFile};
+use sdei_dispatch::{CallOutcome, InMemoryRegisters};
 
 #[test]
 fn version_reports_1_1_with_the_configured_vendor() {
@@ -24,7 +24,7 @@ fn smc32_aliases_and_reserved_smc64_ids_answer_not_supported() {
     // Rule: SDEI is SMC64 only; 0xC4000033-0xC400003F are reserved.
     let mut vm = Vm::new(1);
     for id in (SMC32_BASE..=SMC32_LAST).chain(0xC400_0033..=SMC64_LAST) {
-        vm.regs[0] = RegisterFile::call(id, &[0, 0, 0]);
+        vm.regs[0] = InMemoryRegisters::call(id, &[0, 0, 0]);
         assert_eq!(
             vm.sdei.handle_call(0, &mut vm.regs[0]).unwrap(),
             CallOutcome::Returned(NOT_SUPPORTED)
@@ -36,7 +36,7 @@ fn smc32_aliases_and_reserved_smc64_ids_answer_not_supported() {
 #[test]
 fn other_function_ids_are_not_touched() {
     let mut vm = Vm::new(1);
-    let before = RegisterFile::call(0x8400_0000, &[1, 2]); // PSCI_VERSION
+    let before = InMemoryRegisters::call(0x8400_0000, &[1, 2]); // PSCI_VERSION
     vm.regs[0] = before;
 
     let outcome = vm.sdei.handle_call(0, &mut vm.regs[0]).unwrap();
@@ -49,7 +49,7 @@ fn other_function_ids_are_not_touched() {
 fn upper_half_of_w0_and_of_event_numbers_is_ignored() {
     // Rule: the function ID is in w0; 32-bit parameters ignore bits [63:32] (as TF-A does).
     let mut vm = Vm::new(1);
-    vm.regs[0] = RegisterFile::call(
+    vm.regs[0] = InMemoryRegisters::call(
         Function::EventStatus.id(),
         &[(1 << 32) | u64::from(EVENT_0)],
     );

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use sdei_dispatch::abi::{self, Function};
-use sdei_dispatch::RegisterFile;
+use sdei_dispatch::InMemoryRegisters;
 
 const VCPUS: usize = 3;
 
@@ -69,7 +69,7 @@ proptest! {
     #[test]
     fn arbitrary_registers_never_panic(vcpu in 0..VCPUS, x in prop::array::uniform18(any::<u64>()), pc: u64, pstate: u64) {
         let mut vm = Vm::new(VCPUS);
-        let mut regs = RegisterFile { x, pc, pstate, ..RegisterFile::default() };
+        let mut regs = InMemoryRegisters { x, pc, pstate, ..InMemoryRegisters::default() };
         let _ = vm.sdei.handle_call(vcpu, &mut regs);
         let _ = vm.sdei.dispatch_pending(vcpu, &mut regs);
     }

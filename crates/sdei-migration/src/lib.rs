@@ -18,12 +18,12 @@
 //!
 //! ```
 //! use sdei_dispatch::abi::Function;
-//! use sdei_dispatch::{Dispatcher, DispatcherConfig, RegisterFile};
+//! use sdei_dispatch::{Dispatcher, DispatcherConfig, InMemoryRegisters};
 //! use sdei_migration::{Snapshot, SnapshotError};
 //!
 //! // Source: vCPU 1 runs the handler of event 0.
 //! let mut source = Dispatcher::new(DispatcherConfig::new(2))?;
-//! let mut regs = RegisterFile::default();
+//! let mut regs = InMemoryRegisters::default();
 //! for (function, args) in [
 //!     (Function::EventRegister, &[0, 0x8000, 0, 0, 0][..]),
 //!     (Function::EventEnable, &[0][..]),

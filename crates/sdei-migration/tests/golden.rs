@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use sdei_dispatch::abi::Function;
 use sdei_dispatch::state::Routing;
-use sdei_dispatch::{CallOutcome, Priority, RegisterFile};
+use sdei_dispatch::{CallOutcome, InMemoryRegisters, Priority};
 use sdei_migration::{load, save, Snapshot, SnapshotHeader};
 
 fn golden_path() -> std::path::PathBuf {
@@ -26,7 +26,7 @@ fn golden() -> Vec<u8> {
 }
 
 /// The registers `golden_mark(_, _, tag)` sets.
-fn marked(tag: u64) -> RegisterFile {
+fn marked(tag: u64) -> InMemoryRegisters {
     let mut vm = Vm::with_config(config(1));
     golden_mark(&mut vm, 0, tag);
     vm.regs[0]
@@ -71,7 +71,7 @@ fn golden_v1_0_restores_the_saved_state() {
 fn golden_v1_0_handlers_complete_to_the_saved_contexts() {
     let mut vm = Vm {
         sdei: load(&golden(), config(3)).unwrap(),
-        regs: vec![RegisterFile::default(); 3],
+        regs: vec![InMemoryRegisters::default(); 3],
     };
 
     // vCPU 0: the critical handler returns into the normal one, which returns to the kernel.
@@ -115,7 +115,7 @@ fn golden_v1_0_handlers_complete_to_the_saved_contexts() {
 fn golden_v1_0_pending_events_are_delivered_after_restore() {
     let mut vm = Vm {
         sdei: load(&golden(), config(3)).unwrap(),
-        regs: vec![RegisterFile::default(); 3],
+        regs: vec![InMemoryRegisters::default(); 3],
     };
 
     let masked = vm.dispatch(2);

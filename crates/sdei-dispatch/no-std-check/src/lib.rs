@@ -7,7 +7,7 @@ extern crate alloc;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use sdei_dispatch::{Dispatcher, DispatcherConfig, RegisterFile};
+use sdei_dispatch::{Dispatcher, DispatcherConfig, InMemoryRegisters};
 
 const ARENA: usize = 64 * 1024;
 
@@ -58,7 +58,7 @@ pub extern "C" fn no_std_sdei_version() -> u64 {
     let Ok(mut d) = Dispatcher::new(DispatcherConfig::new(4)) else {
         return u64::MAX;
     };
-    let mut regs = RegisterFile::default();
+    let mut regs = InMemoryRegisters::default();
     regs.x[0] = 0xC400_0020;
     match d.handle_call(0, &mut regs) {
         Ok(_) => regs.x[0],

@@ -4,7 +4,7 @@
 //! One copy of the scaffolding that this crate's integration tests, the `sdei-migration` tests
 //! and the `sdei_sequences` fuzz target share:
 //! - the test VM: a small event [`config`] and its event numbers ([`EVENTS`] and friends);
-//! - [`Vm`]: a dispatcher with one in-memory [`RegisterFile`](crate::RegisterFile) per vCPU,
+//! - [`Vm`]: a dispatcher with one in-memory [`InMemoryRegisters`](crate::InMemoryRegisters) per vCPU,
 //!   and helpers that load an SDEI call into the registers and run it;
 //! - [`Op`]: one step of a generated sequence (a call, a VMM raise, a dispatch, a reset, ...),
 //!   which [`Vm::step`] runs as it is and [`Model::step`] runs with its invariants checked.

@@ -19,7 +19,9 @@ use alloc::vec::Vec;
 use super::{Op, Vm, EVENTS};
 use crate::abi::Function;
 use crate::state::EventEntry;
-use crate::{CallOutcome, Dispatcher, DispatcherConfig, DispatcherState, Priority, RegisterFile};
+use crate::{
+    CallOutcome, Dispatcher, DispatcherConfig, DispatcherState, InMemoryRegisters, Priority,
+};
 
 /// The system under test and the harness's record of what runs.
 #[derive(Debug)]
@@ -28,7 +30,7 @@ pub struct Model {
     /// What the dispatcher is (re)built from.
     config: DispatcherConfig,
     /// Per vCPU, the registers each running handler interrupted, innermost last.
-    saved: Vec<Vec<RegisterFile>>,
+    saved: Vec<Vec<InMemoryRegisters>>,
     /// Handlers started so far (lets tests show a sequence reached the handlers).
     pub dispatched: usize,
     /// Handlers completed so far.
@@ -67,13 +69,13 @@ impl Model {
     }
 
     /// The registers each handler running on `vcpu` interrupted, innermost last.
-    pub fn saved(&self, vcpu: usize) -> &[RegisterFile] {
+    pub fn saved(&self, vcpu: usize) -> &[InMemoryRegisters] {
         &self.saved[vcpu]
     }
 
     fn call(&mut self, vcpu: usize, id: u32, args: &[u64]) {
         let Some(regs) = self.vm.regs.get_mut(vcpu) else {
-            let mut scratch = RegisterFile::call(id, args);
+            let mut scratch = InMemoryRegisters::call(id, args);
             assert!(
                 self.vm.sdei.handle_call(vcpu, &mut scratch).is_err(),
                 "a call on vCPU {vcpu}, which does not exist, was accepted"
@@ -129,7 +131,7 @@ impl Model {
 
     fn dispatch(&mut self, vcpu: usize) {
         let Some(regs) = self.vm.regs.get_mut(vcpu) else {
-            let mut scratch = RegisterFile::default();
+            let mut scratch = InMemoryRegisters::default();
             assert!(
                 self.vm.sdei.dispatch_pending(vcpu, &mut scratch).is_err(),
                 "a dispatch on vCPU {vcpu}, which does not exist, was accepted"
@@ -259,7 +261,7 @@ impl Model {
             );
             for event in EVENTS {
                 let mut scratch =
-                    RegisterFile::call(Function::EventStatus.id(), &[u64::from(event)]);
+                    InMemoryRegisters::call(Function::EventStatus.id(), &[u64::from(event)]);
                 self.vm
                     .sdei
                     .handle_call(v, &mut scratch)

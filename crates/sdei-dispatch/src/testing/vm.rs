@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 
 use super::{config, Op, EVENTS};
 use crate::abi::Function;
-use crate::{CallOutcome, DispatchInfo, Dispatcher, DispatcherConfig, RegisterFile};
+use crate::{CallOutcome, DispatchInfo, Dispatcher, DispatcherConfig, InMemoryRegisters};
 
 /// A dispatcher and one in-memory register file per vCPU.
 ///
@@ -15,7 +15,7 @@ pub struct Vm {
     /// The dispatcher under test.
     pub sdei: Dispatcher,
     /// Registers of each vCPU, by index.
-    pub regs: Vec<RegisterFile>,
+    pub regs: Vec<InMemoryRegisters>,
 }
 
 impl Vm {
@@ -29,7 +29,7 @@ impl Vm {
         let vcpus = config.vcpus;
         Vm {
             sdei: Dispatcher::new(config).expect("the test configuration is valid"),
-            regs: alloc::vec![RegisterFile::default(); vcpus],
+            regs: alloc::vec![InMemoryRegisters::default(); vcpus],
         }
     }
 
