@@ -213,6 +213,8 @@ pub struct Psci {
     /// Per vCPU: a `CPU_ON` made it pending and it has not started yet (read before every
     /// `KVM_RUN` without the table's lock).
     starting: Box<[AtomicBool]>,
+    /// Per vCPU: it called `CPU_OFF` and must stop itself (read after every forwarded call).
+    stopping: Box<[AtomicBool]>,
     kick: Box<dyn Fn(usize) + Send + Sync>,
 }
 
@@ -222,9 +224,13 @@ impl Psci {
         let starting = (0..table.power.len())
             .map(|i| AtomicBool::new(matches!(table.power(i), Some(Power::OnPending { .. }))))
             .collect();
+        let stopping = (0..table.power.len())
+            .map(|_| AtomicBool::new(false))
+            .collect();
         Psci {
             table: Mutex::new(table),
             starting,
+            stopping,
             kick,
         }
     }
@@ -244,6 +250,16 @@ impl Psci {
             );
         }
         *t = table;
+    }
+
+    /// Whether vCPU `index` called `CPU_OFF` and must now stop itself; clears the mark. One
+    /// atomic swap, and the table's lock only after a `CPU_OFF`.
+    pub fn take_stop(&self, index: usize) -> bool {
+        let marked = self
+            .stopping
+            .get(index)
+            .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+        marked && self.table().take_stop(index)
     }
 
     /// Whether vCPU `index` has a `CPU_ON` to act on (one atomic load, no lock).
@@ -280,7 +296,13 @@ impl Service for Psci {
     fn call(&self, ctx: &CallContext, call: &Call, _regs: &mut RegisterView<'_>) -> Outcome {
         let (code, kick) = match call.id.number() {
             CPU_OFF if call.convention() == Convention::Smc32 => {
-                (self.table().cpu_off(ctx.vcpu_index), None)
+                let code = self.table().cpu_off(ctx.vcpu_index);
+                if code == SUCCESS {
+                    if let Some(flag) = self.stopping.get(ctx.vcpu_index) {
+                        flag.store(true, Ordering::Release);
+                    }
+                }
+                (code, None)
             }
             CPU_ON => self.table().cpu_on(call.arg(1), call.arg(2), call.arg(3)),
             AFFINITY_INFO => (self.table().affinity_info(call.arg(1), call.arg(2)), None),
@@ -411,9 +433,14 @@ mod tests {
             call(0, &[id(Convention::Smc64, AFFINITY_INFO), 1, 0]),
             AFF_ON_PENDING as u64
         );
-        assert_eq!(psci.table().take_start(1), Some((0x4000, 9)));
+        assert!(psci.start_pending(1) && !psci.start_pending(0));
+        assert_eq!(psci.take_start(1), Some((0x4000, 9)));
+        assert!(!psci.start_pending(1));
+        assert_eq!(psci.take_start(1), None);
+        assert!(!psci.take_stop(1));
         assert_eq!(call(1, &[id(Convention::Smc32, CPU_OFF)]), 0);
-        assert!(psci.table().take_stop(1));
+        assert!(psci.take_stop(1));
+        assert!(!psci.take_stop(1));
         assert_eq!(
             call(0, &[id(Convention::Smc32, AFFINITY_INFO), 1, 0]),
             AFF_OFF as u64

@@ -290,9 +290,8 @@ impl HypercallHandler for Sdei {
             );
             return;
         }
-        if self.psci.table().take_stop(i) {
+        if self.psci.take_stop(i) {
             self.stop_vcpu(vcpu, i);
-            return;
         }
         // The SDEI service has kicked every other vCPU the call left an event pending on,
         // and a completion has already put the interrupted context back.

@@ -98,17 +98,18 @@ impl Error {
     /// Whether the error is the user's to fix (bad input or an unavailable feature) rather
     /// than a failure of refvmm or KVM at run time.
     pub fn is_user_error(&self) -> bool {
-        match self {
+        matches!(
+            self,
             Error::Boot(_)
-            | Error::Kvm(_)
-            | Error::Api(_)
-            | Error::Unsupported { .. }
-            | Error::Snapshot(_)
-            | Error::Restore(_)
-            | Error::Pmem(_) => true,
-            Error::Memory(memory::Error::Mte(_)) | Error::Memory(memory::Error::Create(_)) => true,
-            _ => false,
-        }
+                | Error::Kvm(_)
+                | Error::Api(_)
+                | Error::Unsupported { .. }
+                | Error::Snapshot(_)
+                | Error::Restore(_)
+                | Error::Pmem(_)
+                | Error::Memory(memory::Error::Mte(_))
+                | Error::Memory(memory::Error::Create(_))
+        )
     }
 }
 

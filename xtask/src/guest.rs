@@ -1,8 +1,8 @@
 //! Guests for refvmm ("L2"): a busybox initramfs with an init script and extra programs, and
 //! the main job that boots Debian's arm64 kernel on refvmm inside the emulated machine.
 
-use crate::build;
 use crate::cpio::Cpio;
+use crate::cross;
 use crate::l1::{self, Job};
 use crate::setup::Testbed;
 use crate::util::Fail;
@@ -75,7 +75,7 @@ report_threads() {
 
 /// Builds the initramfs and refvmm, runs the job (see [`GuestRun`]), returns the output.
 pub(crate) fn run_guest(tb: &Testbed, run: GuestRun<'_>) -> Result<String, Fail> {
-    let refvmm = build::refvmm()?;
+    let refvmm = cross::refvmm()?;
     let work = std::env::temp_dir().join(format!("xtask-{}-{}", run.name, std::process::id()));
     std::fs::create_dir_all(&work)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
@@ -181,7 +181,7 @@ pub(crate) fn check(name: &str, failure: Option<String>) -> Check {
 /// The main job: Debian's arm64 kernel on refvmm with 2 vCPUs and MTE, to an init that
 /// reports what the guest sees and runs the MTE check, then powers off.
 pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
-    let mte_check = build::vmm_example("mte_check")?;
+    let mte_check = cross::vmm_example("mte_check")?;
     let out = &run_guest(
         tb,
         GuestRun {

@@ -4,7 +4,10 @@
 //! cargo xtask setup                 set up the emulated arm64 test bed (root, idempotent)
 //! cargo xtask doctor                check the toolchain works, naming what is missing (no installs)
 //! cargo xtask fresh-check [--keep]  both README commands in a fresh Debian 12 root (root, slow)
-//! cargo xtask test                  every test: fmt, clippy, host tests, emulated-arm64 tests
+//! cargo xtask test                  every test: the fast tier, then emulated-arm64 tests and
+//!                                   guest scenarios (not run when the fast tier fails)
+//! cargo xtask check                 the fast tier only: fmt, clippy (host, aarch64, fuzz,
+//!                                   payload, no_std), cargo doc, host tests
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
 //! cargo xtask fuzz                  every fuzz target for a few seconds (needs cargo-fuzz)
 //! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
@@ -23,8 +26,8 @@
 //! Exit status: 0 on success; 1 when a test or the command inside failed (the command's own
 //! status is printed); 2 for a usage error; 3 when set-up or a build failed.
 
-mod build;
 mod cpio;
+mod cross;
 mod doctor;
 mod features;
 mod fresh;
@@ -32,6 +35,7 @@ mod fuzz;
 mod guest;
 mod kmod;
 mod l1;
+mod lint;
 mod pmem;
 mod sdei;
 mod seccomp;
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
                 Outcome::Ok
             }),
         ["test"] => cmd_test(),
+        ["check"] => cmd_check(),
         ["boot"] => cmd_boot(),
         ["bench"] => cmd_bench(),
         ["fuzz"] => fuzz::smoke().map(|c| verdict("fuzz", c)),
@@ -157,29 +162,10 @@ fn host_cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, Counts), Fa
     Ok((st.success(), counts))
 }
 
-fn cmd_test() -> Result<Outcome, Fail> {
-    let start = Instant::now();
-    let tb = setup::run()?;
-    let mut problems = Vec::new();
-    let (ok, _) = host_cargo(&["fmt", "--all", "--check"], &[])?;
-    if !ok {
-        problems.push("cargo fmt --check".to_string());
-    }
-    let (ok, _) = host_cargo(
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--all-features",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
-    if !ok {
-        problems.push("cargo clippy".to_string());
-    }
+/// The fast tier: every format, lint and doc check, then the host tests (with the loom model,
+/// the no_std builds and the fuzz corpora). Returns the host counts and the problems found.
+fn fast_tier() -> Result<(Counts, Vec<String>), Fail> {
+    let mut problems = lint::run()?;
     let (ok, mut host) = host_cargo(&["test", "--workspace", "--all-features"], &[])?;
     if !ok && host.failed == 0 {
         host.failed += 1;
@@ -194,6 +180,36 @@ fn cmd_test() -> Result<Outcome, Fail> {
             }
             problems.push(extra.name.to_string());
         }
+    }
+    Ok((host, problems))
+}
+
+/// `cargo xtask check`: the fast tier alone.
+fn cmd_check() -> Result<Outcome, Fail> {
+    setup::run()?;
+    let (host, problems) = fast_tier()?;
+    println!("host tests: {} passed, {} failed", host.passed, host.failed);
+    println!("{} passed, {} failed", host.passed, host.failed);
+    if problems.is_empty() {
+        Ok(Outcome::Ok)
+    } else {
+        Ok(Outcome::Failed(problems.join("; ")))
+    }
+}
+
+fn cmd_test() -> Result<Outcome, Fail> {
+    let start = Instant::now();
+    let tb = setup::run()?;
+    let (mut host, mut problems) = fast_tier()?;
+    if !problems.is_empty() {
+        // Stop before the long emulated runs: the fast tier's failures come first.
+        println!("host tests: {} passed, {} failed", host.passed, host.failed);
+        println!(
+            "fast tier failed; emulated tests not run ({} s)",
+            start.elapsed().as_secs()
+        );
+        println!("{} passed, {} failed", host.passed, host.failed.max(1));
+        return Ok(Outcome::Failed(problems.join("; ")));
     }
     let fuzzed = fuzz::smoke()?;
     if fuzzed.failed > 0 {
@@ -323,7 +339,7 @@ fn cmd_arm64_test_with(
     packages: &[String],
     filter: Option<&str>,
 ) -> Result<Counts, Fail> {
-    let exes = build::test_executables(packages)?;
+    let exes = cross::test_executables(packages)?;
     let mut files = Vec::new();
     let mut script = String::from(
         "export RUST_BACKTRACE=1 PROPTEST_CASES=32\nfail=0\ncd /work/t 2>/dev/null || cd t\n",
@@ -359,7 +375,7 @@ fn cmd_arm64_test_with(
     script.insert_str(0, "export REFVMM_FUZZ_CORPUS=\"$(pwd)/corpus\"\n");
     if packages.is_empty() || packages.iter().any(|p| p == "refvmm") {
         // The freestanding payload the raw-binary boot tests run on refvmm.
-        files.push(("bin/raw-payload.bin".to_string(), build::raw_payload()?));
+        files.push(("bin/raw-payload.bin".to_string(), cross::raw_payload()?));
         script.insert_str(
             0,
             "export REFVMM_RAW_PAYLOAD=\"$(pwd)/bin/raw-payload.bin\"\n",
@@ -484,7 +500,7 @@ fn cmd_arm64_run(mut r: RunArgs) -> Result<Outcome, Fail> {
         Some(setup::run()?)
     };
     if r.refvmm {
-        r.files.push(("refvmm".into(), build::refvmm()?));
+        r.files.push(("refvmm".into(), cross::refvmm()?));
     }
     let script = r
         .cmd
@@ -577,10 +593,10 @@ fn cmd_bench() -> Result<Outcome, Fail> {
     } else {
         Some(setup::run()?)
     };
-    let refvmm = build::refvmm()?;
-    let payload = build::raw_payload()?;
-    let driver = build::vmm_example("sdei_latency")?;
-    let forward = build::example("hypercall-router", "kvm_forward_ratio", &["kvm"])?;
+    let refvmm = cross::refvmm()?;
+    let payload = cross::raw_payload()?;
+    let driver = cross::vmm_example("sdei_latency")?;
+    let forward = cross::example("hypercall-router", "kvm_forward_ratio", &["kvm"])?;
     let script = "\
 ./kvm_forward_ratio || exit 1
 ./refvmm --kernel raw-payload.bin --sdei --cpus 1 --memory 64M \

@@ -6,7 +6,7 @@
 //! `/proc/<pid>/fd` while refvmm runs); whether the guest may use tagged memory on pmem; and
 //! that bad specifications and a backing an MTE guest cannot use are refused up front.
 
-use crate::build;
+use crate::cross;
 use crate::guest::{check, marker, refused_with_status_3, run_guest, Check, GuestRun};
 use crate::setup::Testbed;
 use crate::util::Fail;
@@ -122,7 +122,7 @@ fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf,
 
 /// Runs the scenario and returns its checks.
 pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
-    let probe = build::vmm_example("pmem_mte_probe")?;
+    let probe = cross::vmm_example("pmem_mte_probe")?;
     let work = std::env::temp_dir().join(format!("xtask-pmem-modules-{}", std::process::id()));
     std::fs::create_dir_all(&work)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;

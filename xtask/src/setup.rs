@@ -26,6 +26,8 @@ use std::process::Command;
 pub(crate) const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
+    // clippy for the aarch64 lint of the fast tier (Debian's driver has the aarch64 std).
+    "rust-web-clippy",
     "libstd-rust-web-dev:arm64",
     "gcc-aarch64-linux-gnu",
     // crt1.o, libc.a, libpthread.a, ... for the static aarch64 links.

@@ -1,6 +1,6 @@
 //! Issue 11's scenario: snapshot and restore of a Linux guest with MTE tags and SDEI state.
 
-use crate::build;
+use crate::cross;
 use crate::guest::{check, marker, refused_with_status_3, run_guest, Check, GuestRun};
 use crate::setup::Testbed;
 use crate::util::Fail;
@@ -103,7 +103,7 @@ pub fn snapshot(tb: &Testbed, moment: Moment) -> Result<Vec<Check>, Fail> {
     let in_handler = moment == Moment::InHandler;
     let script = SNAP_L1_SCRIPT.replace("@SPIN_MS@", if in_handler { "6000" } else { "0" });
     let module = crate::kmod::build_sdei_module(tb)?;
-    let mte_loop = build::vmm_example("mte_loop")?;
+    let mte_loop = cross::vmm_example("mte_loop")?;
     let out = run_guest(
         tb,
         GuestRun {

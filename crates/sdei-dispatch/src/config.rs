@@ -32,7 +32,6 @@ pub const LAST_SPI: u32 = 1019;
 
 /// Whether an event is per vCPU or per VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum EventKind {
     /// One instance per vCPU, registered and handled on each vCPU separately.
     Private,
@@ -42,7 +41,6 @@ pub enum EventKind {
 
 /// SDEI event priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Priority {
     /// Normal priority: pre-empts nothing.
     Normal,
@@ -52,7 +50,6 @@ pub enum Priority {
 
 /// One event the VMM declares and later raises with [`Dispatcher::raise`](crate::Dispatcher::raise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EventDecl {
     /// Event number, in `VMM_EVENT_FIRST..=VMM_EVENT_LAST`.
     pub number: u32,
@@ -64,7 +61,6 @@ pub struct EventDecl {
 
 /// How many dynamic events `INTERRUPT_BIND` may create.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BindSlots {
     /// Slots for PPIs (private events).
     pub private: u16,
@@ -74,7 +70,6 @@ pub struct BindSlots {
 
 /// Everything the dispatcher needs to know about the VM, validated by `Dispatcher::new`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DispatcherConfig {
     /// Number of vCPUs, indexed `0..vcpus`.
     pub vcpus: usize,

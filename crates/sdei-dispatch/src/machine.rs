@@ -9,7 +9,6 @@ use crate::abi::{STATUS_ENABLED, STATUS_REGISTERED, STATUS_RUNNING};
 
 /// The three state bits of one event handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HandlerState {
     /// A handler is registered.
     pub registered: bool,

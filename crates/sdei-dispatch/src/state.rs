@@ -13,7 +13,6 @@ use crate::machine::HandlerState;
 
 /// The interrupted context saved when a handler starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SavedContext {
     /// x0–x17.
     pub x: [u64; SAVED_GPRS],
@@ -25,7 +24,6 @@ pub struct SavedContext {
 
 /// A running handler on a vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HandlerFrame {
     /// The event whose handler runs.
     pub event: u32,
@@ -35,7 +33,6 @@ pub struct HandlerFrame {
 
 /// The registration of one event handler (per vCPU for private events, per VM for shared).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EventEntry {
     /// Event number (checked against the configuration on restore).
     pub number: u32,
@@ -60,7 +57,6 @@ impl EventEntry {
 
 /// Routing of a shared event.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Routing {
     /// `RM_ANY`: any vCPU that can take it.
     #[default]
@@ -71,7 +67,6 @@ pub enum Routing {
 
 /// A shared event.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SharedEvent {
     /// Registration and state.
     pub entry: EventEntry,
@@ -83,7 +78,6 @@ pub struct SharedEvent {
 
 /// Per-vCPU state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct VcpuState {
     /// `PE_MASK` in effect (every vCPU starts masked).
     pub masked: bool,
@@ -104,7 +98,6 @@ impl VcpuState {
 
 /// Everything the dispatcher knows, including the configuration it was built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DispatcherState {
     /// The configuration (must equal the one given to `restore`).
     pub config: DispatcherConfig,

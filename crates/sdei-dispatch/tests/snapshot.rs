@@ -228,15 +228,6 @@ fn restore_refuses_inconsistent_bindings_and_routing() {
     );
 }
 
-#[cfg(feature = "serde")]
-#[test]
-fn state_survives_serialization() {
-    let state = busy().sdei.state();
-    let bytes = postcard::to_allocvec(&state).unwrap();
-    let decoded: DispatcherState = postcard::from_bytes(&bytes).unwrap();
-    assert_eq!(restore(decoded).unwrap().state(), state);
-}
-
 #[test]
 fn memory_footprint_grows_with_vcpus_and_events() {
     // Sizes reported in the README (printed with --nocapture).

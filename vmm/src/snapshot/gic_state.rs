@@ -96,8 +96,9 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The whole saved GICv3. Register lists are `(offset or encoding, value)` pairs in restore
-/// order; [`GicState::check`] insists they are exactly the lists [`save`] writes for the
-/// state's shape, so a state cannot make [`restore`] touch any other register.
+/// order; [`GicState::check`] insists they are exactly the lists `snapshot::gic::save`
+/// (aarch64) writes for the state's shape, so a state cannot make `snapshot::gic::restore`
+/// touch any other register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GicState {
     /// Interrupts (SGIs + PPIs + SPIs) the GIC was configured with.
@@ -248,7 +249,7 @@ fn same_layout<T>(regs: &[(u32, T)], layout: &[(u32, &str)]) -> bool {
 
 impl GicState {
     /// Checks the state's own consistency: interrupt and vCPU counts in range, and every
-    /// register list exactly what [`save`] writes for that shape.
+    /// register list exactly what `snapshot::gic::save` writes for that shape.
     pub fn check(&self) -> Result<()> {
         check_nr_irqs(self.nr_irqs)?;
         if self.cpus.is_empty() || self.cpus.len() > MAX_CPUS {

@@ -62,7 +62,7 @@ pub enum FilterAction {
 pub trait VmAccess {
     /// Installs `action` for the `count` function IDs from `base`. The error keeps the
     /// ioctl's errno ([`io::Error::raw_os_error`]): `EBUSY`, `EEXIST` and `ENXIO` have the
-    /// meanings [`Error`] gives them.
+    /// meanings [`enum@Error`] gives them.
     fn set_smccc_filter(&self, base: u32, count: u32, action: FilterAction) -> io::Result<()>;
 }
 
@@ -126,7 +126,7 @@ pub enum Error {
     },
 }
 
-/// Names a register in [`Error`]s.
+/// Names a register in [`enum@Error`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterName {
     /// `x<n>`.

@@ -10,7 +10,7 @@ pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// A cargo for the aarch64 target: Debian's `cargo-web`/`rustc-web` on an x86 host (the rustup
 /// toolchain has no aarch64 standard library), the normal one on an arm64 host.
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let debian = std::path::Path::new("/usr/bin/rustc").exists()
         && std::path::Path::new("/usr/bin/cargo").exists()
         && !cfg!(target_arch = "aarch64");
@@ -18,6 +18,11 @@ fn cargo() -> Command {
         let mut c = Command::new("/usr/bin/cargo");
         c.env("RUSTC", "/usr/bin/rustc");
         c.env_remove("RUSTC_WRAPPER");
+        // `cargo clippy` runs the first `cargo-clippy` on PATH: Debian's, whose driver has
+        // the aarch64 standard library.
+        let mut path = std::ffi::OsString::from("/usr/bin:");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        c.env("PATH", path);
         c
     } else {
         Command::new("cargo")
@@ -162,22 +167,35 @@ pub fn refvmm() -> Result<PathBuf, Fail> {
 }
 
 /// Source of the freestanding raw-binary test payload, relative to the workspace root.
-const RAW_PAYLOAD_SRC: &str = "vmm/tests/guest/raw_payload";
+pub(crate) const RAW_PAYLOAD_SRC: &str = "vmm/tests/guest/raw_payload";
 
-/// Builds the freestanding aarch64 test payload (`vmm/tests/guest/raw_payload`) and turns it
-/// into the flat binary refvmm loads as a raw kernel; returns the binary's path.
-pub fn raw_payload() -> Result<PathBuf, Fail> {
-    let root = workspace_root();
-    let dir = target_dir().join("raw-payload");
+/// The raw payload's manifest, relative to the workspace root.
+pub(crate) const RAW_PAYLOAD_MANIFEST: &str = "vmm/tests/guest/raw_payload/Cargo.toml";
+
+/// Where the raw payload's artefacts go.
+fn raw_payload_dir() -> PathBuf {
+    target_dir().join("raw-payload")
+}
+
+/// An aarch64 cargo in the raw payload's directory, with the flags it is built with.
+pub(crate) fn raw_payload_cargo() -> Command {
     let mut c = cargo();
-    c.current_dir(root.join(RAW_PAYLOAD_SRC));
-    c.env("CARGO_TARGET_DIR", &dir);
+    c.current_dir(workspace_root().join(RAW_PAYLOAD_SRC));
+    c.env("CARGO_TARGET_DIR", raw_payload_dir());
     // With the MMU off all data accesses are Device memory, where unaligned accesses fault;
     // the payload is linked at a fixed address (link.ld).
     c.env(
         "RUSTFLAGS",
         "-C target-feature=+strict-align -C relocation-model=static",
     );
+    c
+}
+
+/// Builds the freestanding aarch64 test payload (`vmm/tests/guest/raw_payload`) and turns it
+/// into the flat binary refvmm loads as a raw kernel; returns the binary's path.
+pub fn raw_payload() -> Result<PathBuf, Fail> {
+    let dir = raw_payload_dir();
+    let mut c = raw_payload_cargo();
     c.args(["build", "--release", "--target", TARGET]);
     eprintln!("xtask: building the raw test payload for aarch64");
     let elf = run_json(c, false)?
