@@ -1,4 +1,7 @@
-//! The command line, validated into one [`VmConfig`].
+//! The command line, validated into one [`VmConfig`]; [`pmem`] holds the `--pmem`
+//! specification's rules.
+
+pub mod pmem;
 
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
@@ -170,7 +173,7 @@ pub enum Error {
     Cmdline(String),
     /// A `--pmem` device cannot be used.
     #[error(transparent)]
-    Pmem(#[from] crate::pmem::SpecError),
+    Pmem(#[from] pmem::SpecError),
     /// The API socket options are inconsistent.
     #[error("API socket: {0}")]
     ApiSocket(String),
@@ -213,7 +216,7 @@ pub struct VmConfig {
     pub its: bool,
     /// virtio-pmem devices, in command-line order (regions placed by
     /// [`crate::layout::pmem_bases`]).
-    pub pmem: Vec<crate::pmem::PmemConfig>,
+    pub pmem: Vec<pmem::PmemConfig>,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
     /// The API socket and who may use it.
@@ -347,7 +350,7 @@ impl TryFrom<Cli> for VmConfig {
         if cli.cmdline.contains('\0') {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
-        let pmem = crate::pmem::validate_all(&cli.pmem, memory, cli.mte)?;
+        let pmem = pmem::validate_all(&cli.pmem, memory, cli.mte, crate::pmem_backing::inspect)?;
         Ok(VmConfig {
             kernel,
             initrd: cli.initrd,

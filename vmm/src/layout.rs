@@ -6,9 +6,10 @@
 //! 0x080A_0000  GICv3 redistributors         128 KiB per vCPU (up to MAX_VCPUS)
 //! 0x0900_0000  16550 UART                   4 KiB, SPI UART_SPI, edge rising
 //! 0x0A00_0000  virtio-mmio slots            512 B each (VIRTIO_SLOTS), SPIs from VIRTIO_SPI_BASE
-//! 0x8000_0000  RAM                          as large as asked for
+//! 0x8000_0000  RAM                          as large as asked for, memory slot RAM_SLOT
 //! above RAM    virtio-pmem regions          from the first 1 GiB boundary above RAM, back to
-//!                                           back (each a multiple of 2 MiB), below IPA_LIMIT
+//!                                           back (each a multiple of 2 MiB), below IPA_LIMIT;
+//!                                           memory slots from RAM_SLOT + 1 (pmem_slot)
 //! ```
 //! Anything else below RAM is unbacked MMIO: reads return zero, writes are ignored. The pmem
 //! regions are not RAM: the device tree's memory node does not describe them; each virtio-pmem
@@ -52,6 +53,8 @@ pub const VIRTIO_SLOTS: u32 = 32;
 
 /// Start of guest RAM.
 pub const RAM_BASE: u64 = 0x8000_0000;
+/// KVM memory slot of guest RAM.
+pub const RAM_SLOT: u32 = 0;
 
 /// End of the guest-physical address space: KVM's default 40-bit IPA size.
 pub const IPA_LIMIT: u64 = 1 << 40;
@@ -113,6 +116,12 @@ pub fn pmem_bases(mem_size: u64, sizes: &[u64]) -> Option<Vec<u64>> {
     (next <= IPA_LIMIT).then_some(bases)
 }
 
+/// KVM memory slot of pmem region `index`: the slots after [`RAM_SLOT`], one per region.
+pub fn pmem_slot(index: usize) -> Option<u32> {
+    let i = u32::try_from(index).ok().filter(|&i| i < VIRTIO_SLOTS)?;
+    Some(RAM_SLOT + 1 + i)
+}
+
 /// Redistributor region size for `cpus` vCPUs.
 pub fn redist_size(cpus: u8) -> u64 {
     GIC_REDIST_SIZE_PER_CPU * u64::from(cpus)
@@ -172,6 +181,17 @@ mod tests {
         // RAM ending exactly on a GiB boundary: no gap.
         assert_eq!(pmem_bases(2 << 30, &[2 * mib]).unwrap(), vec![4 << 30]);
         assert!(bases.iter().all(|b| b % PMEM_ALIGN == 0));
+    }
+
+    #[test]
+    fn pmem_slots_follow_the_ram_slot_one_per_device() {
+        assert_eq!(pmem_slot(0), Some(RAM_SLOT + 1));
+        assert_eq!(pmem_slot(5), Some(RAM_SLOT + 6));
+        assert_eq!(
+            pmem_slot(VIRTIO_SLOTS as usize - 1),
+            Some(RAM_SLOT + VIRTIO_SLOTS)
+        );
+        assert_eq!(pmem_slot(VIRTIO_SLOTS as usize), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! refvmm as a library: the modules the `refvmm` binary composes. One module per concern:
 //! [`config`] (command line → validated config), [`layout`] (the memory map), [`fdt`],
-//! [`devices`] (MMIO bus, console, virtio-mmio and virtio-pmem), [`pmem`] (virtio-pmem
-//! backings), [`sandbox`] (per-thread seccomp filters), and on aarch64
+//! [`devices`] (MMIO bus, console, virtio-mmio and virtio-pmem), [`pmem_backing`] (the files
+//! and memfds behind virtio-pmem devices), [`sandbox`] (per-thread seccomp filters), and on
+//! aarch64
 //! `memory`, `boot`, `vcpu`, `gic`, `eventloop` and `vm`, which talk to KVM.
 
 pub mod api;
@@ -10,7 +11,7 @@ pub mod devices;
 pub mod fdt;
 pub mod layout;
 pub mod logger;
-pub mod pmem;
+pub mod pmem_backing;
 pub mod psci;
 pub mod sandbox;
 

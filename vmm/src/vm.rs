@@ -12,9 +12,8 @@ use crate::eventloop::{self, ExitSignal};
 use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
 use crate::layout;
-use crate::memory;
-use crate::memory::VmHandle;
-use crate::pmem::PmemBacking;
+use crate::memory::{self, Vm};
+use crate::pmem_backing::PmemBacking;
 use crate::sandbox::{self, Category, Sandbox};
 use crate::sdei::{self, Sdei};
 use crate::snapshot;
@@ -91,7 +90,7 @@ pub enum Error {
     Sandbox(#[from] sandbox::Error),
     /// A virtio-pmem backing.
     #[error(transparent)]
-    Pmem(#[from] crate::pmem::Error),
+    Pmem(#[from] crate::pmem_backing::Error),
 }
 
 impl Error {
@@ -107,9 +106,7 @@ impl Error {
                 | Error::Snapshot(_)
                 | Error::Restore(_)
                 | Error::Pmem(_)
-                | Error::Memory(memory::Error::Mte(_))
-                | Error::Memory(memory::Error::Create(_))
-        )
+        ) || matches!(self, Error::Memory(e) if e.is_user_error())
     }
 }
 
@@ -160,7 +157,7 @@ fn check_features(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
 /// Everything a running VM holds that the API needs (pause, snapshot).
 struct Machine {
     cfg: VmConfig,
-    handle: VmHandle,
+    vm: Vm,
     mem: Arc<SharedGuestMemory>,
     gic: Gic,
     console: Arc<Mutex<Console<QueuedOutput>>>,
@@ -180,7 +177,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         Some(dir) => Some(snapshot::Reader::open(dir).map_err(Error::Snapshot)?),
         None => None,
     };
-    let (mut handle, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
+    let (mut vm, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
     log::info!(
         "guest memory ready ({} MiB, MTE {})",
         cfg.memory >> 20,
@@ -190,17 +187,18 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         None => Some(boot::load_images(mem.memory(), cfg)?),
         Some(r) => {
             restore_memory(r, &mem, cfg)?;
-            restore_tags(r, &handle, &mem)?;
+            restore_tags(r, &vm, &mem)?;
             None
         }
     };
 
-    let base_init = Vcpu::preferred_init(handle.vm())?;
+    let base_init = Vcpu::preferred_init(vm.fd())?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for i in 0..cfg.cpus {
-        let fd = handle
+        let fd = vm
+            .fd()
             .create_vcpu(u64::from(i))
-            .map_err(|e| Error::CreateVcpu(i, e))?;
+            .map_err(|e| Error::CreateVcpu(i, e.to_string()))?;
         vcpus.push(Vcpu::new(fd, i, &base_init, cfg.features)?);
     }
     let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
@@ -227,14 +225,14 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             }
         };
         let s = Arc::new(s);
-        s.install_filter(handle.vm())?;
+        s.install_filter(vm.fd())?;
         Some(s)
     } else {
         None
     };
-    let mut gic = Gic::new(handle.vm())?;
+    let mut gic = Gic::new(vm.fd())?;
     if cfg.its {
-        gic.add_its(handle.vm())?;
+        gic.add_its(vm.fd())?;
     }
     if cfg.features.pmu {
         for v in &vcpus {
@@ -248,14 +246,13 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         what: "console interrupt",
         source,
     })?;
-    handle
-        .vm()
+    vm.fd()
         .register_irqfd(&uart_irq, layout::UART_SPI)
         .map_err(|e| Error::Device {
             what: "console interrupt",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-    let virtio = add_pmem_devices(cfg, &mut handle, &mem, &mut bus)?;
+    let virtio = add_pmem_devices(cfg, &mut vm, &mem, &mut bus)?;
 
     match (&snapshot, loaded) {
         (Some(r), _) => restore_cpu_and_gic(r, &vcpus, &gic, &mpidrs)?,
@@ -311,7 +308,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let control = Arc::new(VcpuControl::new(vcpus.len()));
     let machine = Arc::new(Machine {
         cfg: cfg.clone(),
-        handle,
+        vm,
         mem,
         gic,
         console: console.clone(),
@@ -410,7 +407,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
 /// slots used, as (base, SPI), for the device tree.
 fn add_pmem_devices(
     cfg: &VmConfig,
-    handle: &mut VmHandle,
+    vm: &mut Vm,
     mem: &SharedGuestMemory,
     bus: &mut MmioBus,
 ) -> Result<Vec<(u64, u32)>> {
@@ -427,7 +424,7 @@ fn add_pmem_devices(
             cap: kvm_bindings::KVM_CAP_ARM_NISV_TO_USER,
             ..Default::default()
         };
-        handle.vm().enable_cap(&cap).map_err(|e| Error::Device {
+        vm.fd().enable_cap(&cap).map_err(|e| Error::Device {
             what: "read-only virtio-pmem (KVM_CAP_ARM_NISV_TO_USER, Linux 5.5)",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
@@ -441,13 +438,12 @@ fn add_pmem_devices(
         let (mmio_base, spi) = layout::virtio_slot(i)
             .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
         let backing = PmemBacking::open(pcfg, i, cfg.mte)?;
-        let slot = handle.add_mapping(GuestAddress(base), backing.mapping(), pcfg.readonly)?;
+        let slot = vm.add_pmem(i, GuestAddress(base), backing.mapping(), pcfg.readonly)?;
         if pcfg.readonly {
             bus.add_read_only_memory(base, pcfg.size);
         }
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
-        handle
-            .vm()
+        vm.fd()
             .register_irqfd(&irq, spi)
             .map_err(|e| device_err(std::io::Error::from_raw_os_error(e.errno())))?;
         log::info!(
@@ -494,9 +490,9 @@ fn restore_memory(r: &snapshot::Reader, mem: &SharedGuestMemory, cfg: &VmConfig)
     .map_err(Error::Snapshot)
 }
 
-fn restore_tags(r: &snapshot::Reader, handle: &VmHandle, mem: &SharedGuestMemory) -> Result<()> {
-    match handle {
-        VmHandle::Mte(vm) => {
+fn restore_tags(r: &snapshot::Reader, vm: &Vm, mem: &SharedGuestMemory) -> Result<()> {
+    match vm.tag_store() {
+        Some(mut store) => {
             let bytes = r.read("mte-tags.bin").map_err(Error::Snapshot)?;
             let snap = TagSnapshot::decode(&bytes)
                 .map_err(|e| Error::Restore(format!("MTE tags: {e}")))?;
@@ -507,14 +503,13 @@ fn restore_tags(r: &snapshot::Reader, handle: &VmHandle, mem: &SharedGuestMemory
                     "MTE tags describe other memory regions".into(),
                 ));
             }
-            let mut store = vm.tag_store();
             snap.restore(&mut store)
                 .map_err(|e| Error::Restore(format!("MTE tags: {e}")))
         }
-        VmHandle::Plain(..) if r.has("mte-tags.bin") => Err(Error::Restore(
+        None if r.has("mte-tags.bin") => Err(Error::Restore(
             "the snapshot has MTE tags but the VM has no MTE".into(),
         )),
-        VmHandle::Plain(..) => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -660,9 +655,9 @@ impl Machine {
         })
         .map_err(e)?;
         let (mut tag_bytes, mut tag_ms) = (0, 0);
-        if let VmHandle::Mte(vm) = &self.handle {
+        if let Some(store) = self.vm.tag_store() {
             let t = std::time::Instant::now();
-            let snap = TagSnapshot::capture_full(&vm.tag_store(), &self.mem.regions())
+            let snap = TagSnapshot::capture_full(&store, &self.mem.regions())
                 .map_err(|x| format!("MTE tags: {x}"))?;
             let bytes = snap.encode();
             tag_bytes = bytes.len() as u64;

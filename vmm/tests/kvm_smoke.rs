@@ -1,5 +1,7 @@
 //! Smoke tests of the arm64 KVM features the project relies on. They talk to a real
-//! `/dev/kvm` and so only run on aarch64 (inside the emulated machine on x86 hosts).
+//! `/dev/kvm` and so only run on aarch64 (inside the emulated machine on x86 hosts). They
+//! register memory slots with KVM directly, not through mte-memory's `MemorySlots`, whose own
+//! checks would refuse the ramfs mapping before KVM could.
 #![cfg(target_arch = "aarch64")]
 
 use kvm_bindings::{
@@ -8,7 +10,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 const MEM_SIZE: usize = 2 << 20;
 const GUEST_BASE: u64 = 0x8000_0000;
@@ -60,16 +62,10 @@ fn set_region(vm: &VmFd, host: *mut libc::c_void, size: usize) -> Result<(), kvm
 }
 
 fn memfd(size: usize) -> OwnedFd {
-    let name = CString::new("smoke").unwrap();
-    // SAFETY: valid NUL-terminated name; the returned fd is checked and then owned.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: fd was just returned by memfd_create and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: plain syscall on an owned fd.
-    let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) };
-    assert_eq!(rc, 0, "ftruncate: {}", std::io::Error::last_os_error());
-    fd
+    // Not sealed: the smoke tests ask KVM about a plain memfd.
+    let file = mte_memory::memfd::create("smoke", false).expect("memfd_create");
+    file.set_len(size as u64).expect("ftruncate");
+    OwnedFd::from(file)
 }
 
 #[test]

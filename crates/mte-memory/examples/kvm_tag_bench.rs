@@ -21,8 +21,8 @@ mod bench {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use kvm_ioctls::Kvm;
-    use mte_memory::kvm::{MteEnabledVm, MteVm};
+    use kvm_ioctls::{Kvm, VmFd};
+    use mte_memory::kvm::{self, KvmTagStore, MemorySlots, MteEnabled, SlotFlags};
     use mte_memory::{
         SharedGuestMemory, SharedMemoryConfig, TagSnapshot, TagStore, TAGS_PER_PAGE, TAG_PAGE_SIZE,
     };
@@ -39,8 +39,22 @@ mod bench {
         [(GuestAddress(BASE), GUEST_SIZE)]
     }
 
-    fn mte_vm(kvm: &Kvm) -> (MteEnabledVm, Arc<SharedGuestMemory>) {
-        let mut vm = MteVm::create(kvm).unwrap().enable().unwrap();
+    /// An MTE VM and its memory (memory slot 0); the slots keep the memory mapped.
+    struct MteVm {
+        vm: VmFd,
+        mte: MteEnabled,
+        _slots: MemorySlots,
+    }
+
+    impl MteVm {
+        fn store(&self) -> KvmTagStore<'_> {
+            KvmTagStore::new(&self.vm, self.mte).unwrap()
+        }
+    }
+
+    fn mte_vm(kvm: &Kvm) -> (MteVm, Arc<SharedGuestMemory>) {
+        let vm = kvm.create_vm().unwrap();
+        let mte = kvm::enable(&vm).unwrap();
         let memory = Arc::new(
             SharedGuestMemory::new(SharedMemoryConfig {
                 regions: layout().to_vec(),
@@ -49,8 +63,18 @@ mod bench {
             })
             .unwrap(),
         );
-        vm.register_memory(Arc::clone(&memory), false).unwrap();
-        (vm, memory)
+        let mut slots = MemorySlots::new(&vm, Some(mte)).unwrap();
+        slots
+            .add_guest_memory(&vm, &[0], &memory, SlotFlags::default())
+            .unwrap();
+        (
+            MteVm {
+                vm,
+                mte,
+                _slots: slots,
+            },
+            memory,
+        )
     }
 
     /// Where the VMM maps the whole guest region.
@@ -62,8 +86,8 @@ mod bench {
 
     /// Pseudo-random (incompressible) tags on one page in `every`, written `WRITE_CHUNK`
     /// pages at a time where pages are consecutive.
-    fn tag_pages(vm: &MteEnabledVm, every: u64) {
-        let mut store = vm.tag_store();
+    fn tag_pages(vm: &MteVm, every: u64) {
+        let mut store = vm.store();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let per_write = if every == 1 { WRITE_CHUNK } else { 1 };
         let mut tags = vec![0u8; per_write as usize * TAGS_PER_PAGE];
@@ -83,16 +107,16 @@ mod bench {
         }
     }
 
-    fn save(vm: &MteEnabledVm) -> Vec<u8> {
-        TagSnapshot::capture_full(&vm.tag_store(), &layout())
+    fn save(vm: &MteVm) -> Vec<u8> {
+        TagSnapshot::capture_full(&vm.store(), &layout())
             .unwrap()
             .encode()
     }
 
-    fn restore(bytes: &[u8], vm: &MteEnabledVm) {
+    fn restore(bytes: &[u8], vm: &MteVm) {
         TagSnapshot::decode(bytes)
             .unwrap()
-            .restore(&mut vm.tag_store())
+            .restore(&mut vm.store())
             .unwrap();
     }
 

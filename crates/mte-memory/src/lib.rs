@@ -7,9 +7,11 @@
 //!   full and incremental (dirty-page) saves.
 //! - [`memory`]: [`SharedGuestMemory`], guest memory on sealed memfds mapped `MAP_SHARED`,
 //!   which KVM accepts for an MTE guest, and the backing rules ([`memory::check_backing`]).
-//! - `kvm` (aarch64, feature `kvm`): `KvmTagStore` over `KVM_ARM_MTE_COPY_TAGS`, the
-//!   `MteVm` → `MteEnabledVm` typestate that enables MTE before any vCPU exists, and a
-//!   capability probe.
+//! - [`memfd`]: memfd creation and sealing (`create`, `create_sized`, `add_seals`, `seals`).
+//! - `kvm` (aarch64, feature `kvm`), borrowing the caller's `VmFd` throughout: `enable`
+//!   (MTE before any vCPU exists, returning the `MteEnabled` proof), `MemorySlots` (memory
+//!   slots under the caller's slot numbers, for MTE and non-MTE VMs, with the MTE backing
+//!   checks), `KvmTagStore` over `KVM_ARM_MTE_COPY_TAGS`, and a capability probe.
 //!
 //! # Example
 //!
@@ -33,6 +35,7 @@
 
 #[cfg(all(target_arch = "aarch64", feature = "kvm"))]
 pub mod kvm;
+pub mod memfd;
 pub mod memory;
 pub mod snapshot;
 pub mod software;

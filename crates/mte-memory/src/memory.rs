@@ -1,12 +1,11 @@
 //! Guest memory on sealed memfds mapped `MAP_SHARED`, and the rules for backing an MTE guest.
 //!
-//! Each region is its own memfd, sized once and sealed against shrinking and growing (and
-//! against further seal changes), so another process that receives the fd can map it without
+//! Each region is its own memfd ([`crate::memfd::create_sized`]), sized once and sealed
+//! against shrinking and growing (and against further seal changes), so another process that receives the fd can map it without
 //! the risk of `SIGBUS` from a truncation. The VMM maps it `MAP_SHARED`; KVM accepts such a
 //! mapping for an MTE guest because shmem mappings are `VM_MTE_ALLOWED`, unlike regular files
 //! or ramfs.
 
-use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use vm_memory::{
     MmapRegion,
 };
 
-use crate::sys;
+use crate::{memfd, sys};
 
 /// `PROT_MTE` from the arm64 uapi (`asm/mman.h`): map with Normal-Tagged memory.
 pub const PROT_MTE: i32 = 0x20;
@@ -94,23 +93,14 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("Invalid shared memory configuration: {0}")]
     Config(&'static str),
-    /// `memfd_create` failed.
-    #[error("Cannot create memfd for region at {base:#x}")]
+    /// Creating, sizing or sealing the region's memfd failed.
+    #[error("Cannot create the memfd for region at {base:#x}")]
     Memfd {
         /// Guest base of the region.
         base: u64,
-        /// The OS error.
+        /// What failed.
         #[source]
-        source: std::io::Error,
-    },
-    /// Sizing or sealing the memfd failed.
-    #[error("Cannot size or seal memfd for region at {base:#x}")]
-    Seal {
-        /// Guest base of the region.
-        base: u64,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        source: memfd::Error,
     },
     /// Mapping the memfd failed.
     #[error("Cannot map region at {base:#x}")]
@@ -217,9 +207,6 @@ pub struct SharedGuestMemory {
     config: SharedMemoryConfig,
 }
 
-/// Seals applied to every region's memfd: size fixed, seal set frozen.
-pub const REGION_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-
 impl SharedGuestMemory {
     /// Creates, sizes, seals and maps one memfd per region.
     pub fn new(config: SharedMemoryConfig) -> Result<Self> {
@@ -305,20 +292,14 @@ impl SharedGuestMemory {
     }
 }
 
+/// One memfd per region, sized and sealed with [`memfd::FIXED_SIZE`].
 fn create_region_file(base: GuestAddress, size: u64, hugepages: bool) -> Result<File> {
-    let name = CString::new(format!("guest-mem-{:#x}", base.0))
-        .map_err(|_| Error::Config("region name contains NUL"))?;
-    let file = sys::memfd_create(&name, hugepages).map_err(|source| Error::Memfd {
-        base: base.0,
-        source,
-    })?;
-    let seal = |source| Error::Seal {
-        base: base.0,
-        source,
-    };
-    file.set_len(size).map_err(seal)?;
-    sys::add_seals(&file, REGION_SEALS).map_err(seal)?;
-    Ok(file)
+    memfd::create_sized(&format!("guest-mem-{:#x}", base.0), size, hugepages).map_err(|source| {
+        Error::Memfd {
+            base: base.0,
+            source,
+        }
+    })
 }
 
 fn map_file(
@@ -410,11 +391,11 @@ mod tests {
 
         let shrink = file.set_len(0x1000);
         let grow = file.set_len(0x8000);
-        let seals = sys::get_seals(file).unwrap();
+        let seals = memfd::seals(file).unwrap();
 
         assert!(shrink.is_err());
         assert!(grow.is_err());
-        assert_eq!(seals & REGION_SEALS, REGION_SEALS);
+        assert_eq!(seals & memfd::FIXED_SIZE, memfd::FIXED_SIZE);
         assert_eq!(file.metadata().unwrap().len(), 0x4000);
     }
 

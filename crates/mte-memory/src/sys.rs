@@ -35,7 +35,6 @@ pub fn add_seals(file: &File, seals: libc::c_int) -> io::Result<()> {
 }
 
 /// Returns the seals (`F_SEAL_*`) of a memfd.
-#[cfg(test)]
 pub fn get_seals(file: &File) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS takes no argument and returns an integer.
     let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };

@@ -1,7 +1,8 @@
 //! MTE seen from inside a guest: needs an arm64 host (or emulated machine) with MTE and
 //! `/dev/kvm`. Run with `cargo xtask arm64 test -p mte-memory guest`.
 //!
-//! Each VM has 2 MiB of memfd `MAP_SHARED` memory at 0x8000_0000 and runs a hand-assembled
+//! Each VM has 2 MiB of memfd `MAP_SHARED` memory at 0x8000_0000 (memory slot 5, a number
+//! the test chooses) and runs a hand-assembled
 //! payload (`tests/a64`) that turns its MMU on with guest RAM mapped Normal Tagged (MAIR
 //! attribute 0xF0), `SCTLR_EL1.ATA` set and synchronous tag check faults at EL1. The payload
 //! ends with a store to unbacked, Device-mapped memory (a `KVM_EXIT_MMIO`): one address when
@@ -15,13 +16,17 @@ use std::sync::Arc;
 
 use a64::*;
 use kvm_bindings::{kvm_vcpu_init, KVM_REG_ARM64, KVM_REG_ARM_CORE, KVM_REG_SIZE_U64};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use mte_memory::kvm::{MteEnabledVm, MteVm};
-use mte_memory::{SharedGuestMemory, SharedMemoryConfig, TagSnapshot, TagStore, TAGS_PER_PAGE};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use mte_memory::kvm::{self, KvmTagStore, MemorySlots, MteEnabled, SlotFlags};
+use mte_memory::{
+    SharedGuestMemory, SharedMemoryConfig, TagSnapshot, TagStore, TAGS_PER_PAGE, TAG_PAGE_SIZE,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 // Guest-physical layout. Everything but the MMIO addresses is in the one RAM region.
 const BASE: u64 = 0x8000_0000;
+/// The memory slot of the RAM region: any number will do, KVM takes the caller's.
+const RAM_SLOT: u32 = 5;
 const SIZE: u64 = 2 << 20;
 const VECTORS: u64 = BASE + 0x1000;
 const TABLE: u64 = BASE + 0x2000;
@@ -168,10 +173,26 @@ fn vectors() -> Vec<u8> {
     table
 }
 
-/// An MTE VM with its memory, page tables and vectors in place (no vCPU yet).
-fn mte_guest() -> (MteEnabledVm, Arc<SharedGuestMemory>) {
+/// An MTE VM with its memory registered as slot [`RAM_SLOT`].
+struct Guest {
+    vm: VmFd,
+    mte: MteEnabled,
+    slots: MemorySlots,
+    memory: Arc<SharedGuestMemory>,
+}
+
+impl Guest {
+    fn store(&self) -> KvmTagStore<'_> {
+        KvmTagStore::new(&self.vm, self.mte).unwrap()
+    }
+}
+
+/// An MTE VM with its memory, page tables and vectors in place (no vCPU yet); with
+/// `dirty_log`, its memory slot logs dirty pages.
+fn mte_guest_with(dirty_log: bool) -> Guest {
     let kvm = Kvm::new().expect("/dev/kvm is needed for this test");
-    let mut vm = MteVm::create(&kvm).unwrap().enable().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    let mte = kvm::enable(&vm).unwrap();
     let memory = Arc::new(
         SharedGuestMemory::new(SharedMemoryConfig {
             regions: vec![(GuestAddress(BASE), SIZE)],
@@ -180,7 +201,14 @@ fn mte_guest() -> (MteEnabledVm, Arc<SharedGuestMemory>) {
         })
         .unwrap(),
     );
-    vm.register_memory(Arc::clone(&memory), false).unwrap();
+    let mut slots = MemorySlots::new(&vm, Some(mte)).unwrap();
+    let flags = SlotFlags {
+        dirty_log,
+        ..Default::default()
+    };
+    slots
+        .add_guest_memory(&vm, &[RAM_SLOT], &memory, flags)
+        .unwrap();
     let guest = memory.memory();
     guest.write_obj(DEVICE_BLOCK, GuestAddress(TABLE)).unwrap();
     guest
@@ -189,7 +217,16 @@ fn mte_guest() -> (MteEnabledVm, Arc<SharedGuestMemory>) {
     guest
         .write_slice(&vectors(), GuestAddress(VECTORS))
         .unwrap();
-    (vm, memory)
+    Guest {
+        vm,
+        mte,
+        slots,
+        memory,
+    }
+}
+
+fn mte_guest() -> Guest {
+    mte_guest_with(false)
 }
 
 fn core_reg(index: u64) -> u64 {
@@ -225,16 +262,17 @@ enum Stop {
 }
 
 /// Loads `code` at BASE, creates vCPU 0 there and runs it until the payload's MMIO store.
-fn run(vm: &MteEnabledVm, memory: &SharedGuestMemory, code: &[u32]) -> (VcpuFd, Stop) {
+fn run(guest: &Guest, code: &[u32]) -> (VcpuFd, Stop) {
     let code = bytes(code);
     assert!(code.len() as u64 <= VECTORS - BASE, "payload too long");
-    memory
+    guest
+        .memory
         .memory()
         .write_slice(&code, GuestAddress(BASE))
         .unwrap();
-    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let mut vcpu = guest.vm.create_vcpu(0).unwrap();
     let mut init = kvm_vcpu_init::default();
-    vm.vm().get_preferred_target(&mut init).unwrap();
+    guest.vm.get_preferred_target(&mut init).unwrap();
     vcpu.vcpu_init(&init).unwrap();
     vcpu.set_one_reg(pc_reg(), &BASE.to_ne_bytes()).unwrap();
 
@@ -260,9 +298,10 @@ fn run(vm: &MteEnabledVm, memory: &SharedGuestMemory, code: &[u32]) -> (VcpuFd, 
     (vcpu, stop)
 }
 
-fn read_tags(vm: &MteEnabledVm, addr: u64, granules: usize) -> Vec<u8> {
+fn read_tags(guest: &Guest, addr: u64, granules: usize) -> Vec<u8> {
     let mut tags = vec![0xffu8; granules];
-    vm.tag_store()
+    guest
+        .store()
         .read_tags(GuestAddress(addr), &mut tags)
         .unwrap();
     tags
@@ -290,9 +329,9 @@ fn assert_tag_check_fault(stop: &Stop, pointer: u64, fault_pc: u64) {
 
 #[test]
 fn guest_set_tags_are_read_by_the_vmm_through_kvm() {
-    let (vm, memory) = mte_guest();
+    let vm = mte_guest();
 
-    let (_vcpu, stop) = run(&vm, &memory, &tagger());
+    let (_vcpu, stop) = run(&vm, &tagger());
 
     assert_eq!(stop, Stop::Done(DONE_MARK));
     let want: Vec<u8> = (0..STEPPED_GRANULES).map(stepped_tag).collect();
@@ -308,7 +347,7 @@ fn guest_set_tags_are_read_by_the_vmm_through_kvm() {
     );
     for granule in [0, 1, 255, 256, STEPPED_GRANULES - 1] {
         let addr = STEPPED + 16 * granule as u64;
-        let data: u64 = memory.memory().read_obj(GuestAddress(addr)).unwrap();
+        let data: u64 = vm.memory.memory().read_obj(GuestAddress(addr)).unwrap();
         assert_eq!(
             data,
             tagged(stepped_tag(granule), addr),
@@ -319,11 +358,12 @@ fn guest_set_tags_are_read_by_the_vmm_through_kvm() {
 
 #[test]
 fn vmm_set_tags_are_seen_and_checked_by_the_guest() {
-    let (vm, memory) = mte_guest();
+    let vm = mte_guest();
+    let memory = &vm.memory;
     let tags: Vec<u8> = (0..TAGS_PER_PAGE)
         .map(|g| ((g * 7 + 1) % 16) as u8)
         .collect();
-    vm.tag_store()
+    vm.store()
         .write_tags(GuestAddress(VMM_PAGE), &tags)
         .unwrap();
     let granule = 37;
@@ -338,7 +378,7 @@ fn vmm_set_tags_are_seen_and_checked_by_the_guest() {
     };
     let (code, fault_at) = checker(&check);
 
-    let (vcpu, stop) = run(&vm, &memory, &code);
+    let (vcpu, stop) = run(&vm, &code);
 
     let mut seen = vec![0xffu8; TAGS_PER_PAGE];
     memory
@@ -352,22 +392,25 @@ fn vmm_set_tags_are_seen_and_checked_by_the_guest() {
 
 #[test]
 fn snapshot_restored_into_a_fresh_vm_keeps_guest_tag_checks() {
-    let (source, source_memory) = mte_guest();
-    let (source_vcpu, stop) = run(&source, &source_memory, &tagger());
+    let source = mte_guest();
+    let (source_vcpu, stop) = run(&source, &tagger());
     assert_eq!(stop, Stop::Done(DONE_MARK));
     let mut ram = vec![0u8; SIZE as usize];
-    source_memory
+    source
+        .memory
         .memory()
         .read_slice(&mut ram, GuestAddress(BASE))
         .unwrap();
-    let saved = TagSnapshot::capture_full(&source.tag_store(), &source_memory.regions())
+    let saved = TagSnapshot::capture_full(&source.store(), &source.memory.regions())
         .unwrap()
         .encode();
     drop(source_vcpu);
-    drop(source);
-    drop(source_memory);
+    let Guest { vm, mut slots, .. } = source;
+    slots.remove(&vm, RAM_SLOT).unwrap();
+    drop(vm);
 
-    let (target, memory) = mte_guest();
+    let target = mte_guest();
+    let memory = &target.memory;
     let before = read_tags(&target, STEPPED, STEPPED_GRANULES);
     memory
         .memory()
@@ -375,7 +418,7 @@ fn snapshot_restored_into_a_fresh_vm_keeps_guest_tag_checks() {
         .unwrap();
     TagSnapshot::decode(&saved)
         .unwrap()
-        .restore(&mut target.tag_store())
+        .restore(&mut target.store())
         .unwrap();
     let granule = 700;
     let addr = STEPPED + 16 * granule as u64;
@@ -387,7 +430,7 @@ fn snapshot_restored_into_a_fresh_vm_keeps_guest_tag_checks() {
         mismatched: tagged((tag + 1) & 0xf, addr),
     };
     let (code, fault_at) = checker(&check);
-    let (vcpu, stop) = run(&target, &memory, &code);
+    let (vcpu, stop) = run(&target, &code);
 
     assert!(before.iter().all(|&t| t == 0), "fresh VM starts untagged");
     let mut seen = vec![0xffu8; STEPPED_GRANULES];
@@ -403,4 +446,47 @@ fn snapshot_restored_into_a_fresh_vm_keeps_guest_tag_checks() {
         "data stored by the first VM, loaded with the matching tag"
     );
     assert_tag_check_fault(&stop, check.mismatched, BASE + 4 * fault_at as u64);
+}
+
+#[test]
+fn dirty_log_of_the_callers_slot_names_the_pages_the_guest_tagged() {
+    let source = mte_guest_with(true);
+    let (_vcpu, stop) = run(&source, &tagger());
+    assert_eq!(stop, Stop::Done(DONE_MARK));
+
+    let dirty = source.slots.dirty_pages(&source.vm, RAM_SLOT).unwrap();
+    let regions = source.memory.regions();
+    let saved = TagSnapshot::capture_dirty(&source.store(), &regions, std::slice::from_ref(&dirty))
+        .unwrap();
+    let target = mte_guest();
+    saved.restore(&mut target.store()).unwrap();
+
+    let page = |addr: u64| (addr - BASE) / TAG_PAGE_SIZE;
+    let stepped: Vec<u64> = (0..4).map(|p| page(STEPPED) + p).collect();
+    for p in stepped.iter().copied().chain([page(PAIRED)]) {
+        assert!(dirty.contains(p), "page {p} was tagged by the guest");
+    }
+    assert!(
+        !dirty.contains(page(VMM_PAGE)),
+        "the guest never wrote this page"
+    );
+    assert!(
+        !dirty.contains(page(RESULTS)),
+        "the guest never wrote this page"
+    );
+    let want: Vec<u8> = (0..STEPPED_GRANULES).map(stepped_tag).collect();
+    assert_eq!(read_tags(&target, STEPPED, STEPPED_GRANULES), want);
+    assert_eq!(
+        read_tags(&target, PAIRED, TAGS_PER_PAGE),
+        vec![PAIRED_TAG; TAGS_PER_PAGE]
+    );
+    assert!(
+        source
+            .slots
+            .dirty_pages(&source.vm, RAM_SLOT)
+            .unwrap()
+            .count()
+            == 0,
+        "reading the log reset it"
+    );
 }

@@ -1,26 +1,54 @@
-//! KVM side of MTE (aarch64, feature `kvm`): enabling MTE before any vCPU exists, the
-//! `KVM_ARM_MTE_COPY_TAGS` tag store, and a capability probe.
+//! KVM side of MTE (aarch64, feature `kvm`). The crate never owns the VM: every function
+//! borrows the caller's [`VmFd`].
+//!
+//! - [`enable`] turns `KVM_CAP_ARM_MTE` on for a VM that has no vCPU yet and returns
+//!   [`MteEnabled`], the proof that later calls ask for.
+//! - [`MemorySlots`] registers guest memory ([`SharedGuestMemory`](crate::SharedGuestMemory))
+//!   and other mappings (device memory such as a virtio-pmem region) as memory slots under slot
+//!   numbers the caller chooses, for MTE and non-MTE VMs alike, checking the MTE backing rules
+//!   first; it keeps the mappings alive and reads dirty logs.
+//! - [`KvmTagStore`] reads and writes guest tags with `KVM_ARM_MTE_COPY_TAGS`.
+//! - [`probe`] finds out what this kernel and KVM can do, on scratch VMs of its own.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mte_memory::kvm::{self, KvmTagStore, MemorySlots, SlotFlags};
+//! use mte_memory::{SharedGuestMemory, SharedMemoryConfig, TagSnapshot};
+//! use vm_memory::GuestAddress;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kvm = kvm_ioctls::Kvm::new()?;
+//! let vm = kvm.create_vm()?;
+//! let mte = kvm::enable(&vm)?; // before any vCPU
+//! let memory = Arc::new(SharedGuestMemory::new(SharedMemoryConfig {
+//!     regions: vec![(GuestAddress(0x8000_0000), 512 << 20)],
+//!     mte_guest: true,
+//!     ..Default::default()
+//! })?);
+//! let mut slots = MemorySlots::new(&vm, Some(mte))?;
+//! slots.add_guest_memory(&vm, &[0], &memory, SlotFlags::default())?;
+//! let vcpu = vm.create_vcpu(0)?;
+//! // ... run the guest, pause it ...
+//! let tags = TagSnapshot::capture_full(&KvmTagStore::new(&vm, mte)?, &memory.regions())?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod probe;
+mod slots;
 mod store;
 
 pub use probe::{probe, MteProbeReport, Outcome};
+pub use slots::{MemorySlots, SlotFlags};
 pub use store::KvmTagStore;
 
 use std::io;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, RawFd};
 
-use kvm_bindings::{
-    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_ARM_MTE, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_MEM_READONLY,
-};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
+use kvm_bindings::{kvm_enable_cap, KVM_CAP_ARM_MTE};
+use kvm_ioctls::VmFd;
 
-use crate::memory::SharedGuestMemory;
-use crate::snapshot::PageBitmap;
 use crate::sys;
-use crate::tags::TAG_PAGE_SIZE;
 
 /// Errors from the KVM side of MTE.
 #[derive(Debug, thiserror::Error)]
@@ -31,31 +59,94 @@ pub enum Error {
     /// Enabling MTE failed; KVM refuses once a vCPU exists (`EINVAL`).
     #[error("Cannot enable MTE on the VM; it must be enabled before any vCPU is created")]
     Enable(#[source] io::Error),
-    /// Creating a VM or vCPU failed.
+    /// A KVM call failed.
     #[error("KVM call failed")]
     Kvm(#[source] io::Error),
+    /// The [`MteEnabled`] proof or the [`MemorySlots`] were made for another VM fd.
+    #[error("The MTE proof or memory slots belong to another VM")]
+    OtherVm,
+    /// The slot number is already registered.
+    #[error("Memory slot {0} is already registered")]
+    SlotInUse(u32),
+    /// No slot with this number is registered here.
+    #[error("No memory slot {0} is registered")]
+    UnknownSlot(u32),
+    /// The number of slot numbers given differs from the number of memory regions.
+    #[error("{given} slot numbers given for {regions} memory regions")]
+    SlotCount {
+        /// Slot numbers given.
+        given: usize,
+        /// Regions of the memory.
+        regions: usize,
+    },
+    /// The guest base, the size or the host address is not host-page aligned, or the size is
+    /// zero.
+    #[error(
+        "Memory slot {slot} at {guest_base:#x} ({size:#x} bytes) is empty or not aligned to \
+         the host page size"
+    )]
+    Unaligned {
+        /// The slot number.
+        slot: u32,
+        /// Guest-physical base.
+        guest_base: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// The guest-physical range overlaps a registered slot.
+    #[error("Memory slot {slot} overlaps memory slot {other}")]
+    Overlap {
+        /// The slot being registered.
+        slot: u32,
+        /// The registered slot it overlaps.
+        other: u32,
+    },
+    /// What backs the mapping could not be found out.
+    #[error("Cannot tell what backs memory slot {slot}")]
+    Inspect {
+        /// The slot number.
+        slot: u32,
+        /// The `fstatfs` error.
+        #[source]
+        source: io::Error,
+    },
+    /// The mapping cannot hold an MTE guest's memory (checked before KVM is asked).
+    #[error("Memory slot {slot} cannot be registered with an MTE VM")]
+    Backing {
+        /// The slot number.
+        slot: u32,
+        /// The rule that refuses it ([`crate::memory::Error::BackingRefused`]).
+        #[source]
+        source: crate::memory::Error,
+    },
     /// KVM refused a memory slot; for an MTE VM the backing must allow `PROT_MTE`.
-    #[error("KVM refused memory slot {slot} at {guest_base:#x} ({rule})")]
+    #[error("KVM refused memory slot {slot} at {guest_base:#x}{}", rule_note(*.mte))]
     MemorySlot {
         /// The slot number.
         slot: u32,
         /// Guest-physical base of the slot.
         guest_base: u64,
-        /// The rule KVM applies to MTE guests' memory.
-        rule: &'static str,
+        /// Whether the VM has MTE (then the message names the backing rule).
+        mte: bool,
         /// The OS error.
         #[source]
         source: io::Error,
     },
-    /// Too many memory slots.
-    #[error("No memory slot number left")]
-    SlotsExhausted,
-    /// Creating the probe's scratch memory failed.
-    #[error("Cannot create scratch guest memory")]
+    /// Dirty pages were asked for a slot registered without dirty logging.
+    #[error("Memory slot {0} does not log dirty pages")]
+    NoDirtyLog(u32),
+    /// The guest memory cannot be used: the probe's scratch memory could not be created, or
+    /// a region has no host mapping.
+    #[error("Unusable guest memory")]
     Memory(#[source] crate::memory::Error),
-    /// No registered memory region starts at this guest address.
-    #[error("No registered memory region at {0:#x}")]
-    UnknownRegion(u64),
+}
+
+fn rule_note(mte: bool) -> String {
+    if mte {
+        format!(" ({})", crate::memory::MTE_BACKING_RULE)
+    } else {
+        String::new()
+    }
 }
 
 /// Result type of the KVM MTE operations.
@@ -71,175 +162,45 @@ fn kvm_err(e: kvm_ioctls::Error) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
 
-/// A VM on which MTE has not been enabled yet. It offers no way to create vCPUs: the only
-/// way forward is [`MteVm::enable`].
-#[derive(Debug)]
-pub struct MteVm {
-    vm: VmFd,
+/// Proof that MTE was enabled on one VM, returned by [`enable`] and asked for by
+/// [`MemorySlots::new`] and [`KvmTagStore::new`].
+///
+/// It records the VM's file descriptor number and is refused ([`Error::OtherVm`]) with any
+/// other fd. It is `Copy`: it holds no resource, so store it next to the `VmFd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MteEnabled {
+    vm_fd: RawFd,
 }
 
-impl MteVm {
-    /// Creates a new VM (which has no vCPUs by construction).
-    pub fn create(kvm: &Kvm) -> Result<Self> {
-        if kvm.check_extension_raw(KVM_CAP_ARM_MTE.into()) <= 0 {
-            return Err(Error::NotSupported);
+impl MteEnabled {
+    /// Whether this proof was made for `vm`.
+    pub fn is_for(&self, vm: &VmFd) -> bool {
+        self.vm_fd == vm.as_raw_fd()
+    }
+
+    fn check(&self, vm: &VmFd) -> Result<()> {
+        if self.is_for(vm) {
+            Ok(())
+        } else {
+            Err(Error::OtherVm)
         }
-        let vm = kvm.create_vm().map_err(|e| Error::Kvm(kvm_err(e)))?;
-        Ok(Self { vm })
-    }
-
-    /// Wraps an existing VM. If it already has vCPUs, [`MteVm::enable`] fails: KVM itself
-    /// refuses to enable MTE then.
-    pub fn from_vm(vm: VmFd) -> Self {
-        Self { vm }
-    }
-
-    /// Enables `KVM_CAP_ARM_MTE`.
-    pub fn enable(self) -> Result<MteEnabledVm> {
-        let cap = kvm_enable_cap {
-            cap: KVM_CAP_ARM_MTE,
-            ..Default::default()
-        };
-        self.vm
-            .enable_cap(&cap)
-            .map_err(|e| Error::Enable(kvm_err(e)))?;
-        Ok(MteEnabledVm {
-            vm: self.vm,
-            memory: Vec::new(),
-            mappings: Vec::new(),
-            next_slot: 0,
-        })
     }
 }
 
-/// A VM with MTE enabled: the only type here that creates vCPUs.
-#[derive(Debug)]
-pub struct MteEnabledVm {
-    // Declared before `memory` and `mappings` so the VM (and its slots) goes away before the
-    // mappings.
-    vm: VmFd,
-    memory: Vec<Arc<SharedGuestMemory>>,
-    mappings: Vec<Arc<MmapRegion>>,
-    next_slot: u32,
-}
-
-impl MteEnabledVm {
-    /// Creates vCPU `id`.
-    pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd> {
-        self.vm.create_vcpu(id).map_err(|e| Error::Kvm(kvm_err(e)))
+/// Enables `KVM_CAP_ARM_MTE` on `vm`, which must not have any vCPU yet (KVM refuses then,
+/// [`Error::Enable`]); [`Error::NotSupported`] when KVM has no MTE.
+pub fn enable(vm: &VmFd) -> Result<MteEnabled> {
+    if vm.check_extension_raw(KVM_CAP_ARM_MTE.into()) <= 0 {
+        return Err(Error::NotSupported);
     }
-
-    /// The VM, for the calls this type does not wrap (vCPU init, devices, IRQs).
-    pub fn vm(&self) -> &VmFd {
-        &self.vm
-    }
-
-    /// Registers every region of `memory` as a memory slot (slots numbered in order) and
-    /// keeps the mapping alive as long as the VM; returns the slot of each region. With
-    /// `dirty_log`, slots log dirty pages (and then KVM refuses tag writes with `EBUSY`).
-    pub fn register_memory(
-        &mut self,
-        memory: Arc<SharedGuestMemory>,
-        dirty_log: bool,
-    ) -> Result<Vec<u32>> {
-        let mut slots = Vec::new();
-        for region in memory.memory().iter() {
-            let slot = self.next_slot;
-            let guest_base = region.start_addr().0;
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| Error::UnknownRegion(guest_base))?;
-            let desc = kvm_userspace_memory_region {
-                slot,
-                flags: if dirty_log {
-                    KVM_MEM_LOG_DIRTY_PAGES
-                } else {
-                    0
-                },
-                guest_phys_addr: guest_base,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            sys::set_memory_region(&self.vm, desc).map_err(|source| Error::MemorySlot {
-                slot,
-                guest_base,
-                rule: crate::memory::MTE_BACKING_RULE,
-                source,
-            })?;
-            self.next_slot = slot.checked_add(1).ok_or(Error::SlotsExhausted)?;
-            slots.push(slot);
-        }
-        self.memory.push(memory);
-        Ok(slots)
-    }
-
-    /// Registers one mapping that is not guest RAM (device memory such as a virtio-pmem
-    /// region) as the next memory slot at `guest_base`, read-only for the guest with
-    /// `readonly`, and keeps the mapping alive as long as the VM; returns the slot.
-    ///
-    /// The mapping must be one KVM accepts for an MTE guest (shmem or hugetlbfs, see
-    /// [`crate::memory::check_backing`]); otherwise KVM refuses the slot and the error names
-    /// the rule.
-    pub fn register_mapping(
-        &mut self,
-        guest_base: GuestAddress,
-        mapping: Arc<MmapRegion>,
-        readonly: bool,
-    ) -> Result<u32> {
-        let slot = self.next_slot;
-        let desc = kvm_userspace_memory_region {
-            slot,
-            flags: if readonly { KVM_MEM_READONLY } else { 0 },
-            guest_phys_addr: guest_base.0,
-            memory_size: mapping.size() as u64,
-            userspace_addr: mapping.as_ptr() as u64,
-        };
-        sys::set_memory_region(&self.vm, desc).map_err(|source| Error::MemorySlot {
-            slot,
-            guest_base: guest_base.0,
-            rule: crate::memory::MTE_BACKING_RULE,
-            source,
-        })?;
-        self.next_slot = slot.checked_add(1).ok_or(Error::SlotsExhausted)?;
-        self.mappings.push(mapping);
-        Ok(slot)
-    }
-
-    /// A tag store reading and writing this VM's guest tags.
-    pub fn tag_store(&self) -> KvmTagStore<'_> {
-        KvmTagStore::new(&self.vm)
-    }
-
-    /// The dirty-page bitmap of `slot` (`KVM_GET_DIRTY_LOG`, which also resets it) for the
-    /// region at `guest_base`, in 4 KiB pages as [`TagSnapshot::capture_dirty`] expects.
-    ///
-    /// [`TagSnapshot::capture_dirty`]: crate::TagSnapshot::capture_dirty
-    pub fn dirty_pages(&self, slot: u32, guest_base: GuestAddress) -> Result<PageBitmap> {
-        let size = self
-            .memory
-            .iter()
-            .find_map(|m| m.regions().into_iter().find(|(b, _)| *b == guest_base))
-            .map(|(_, s)| s)
-            .ok_or(Error::UnknownRegion(guest_base.0))?;
-        let len = usize::try_from(size).map_err(|_| Error::UnknownRegion(guest_base.0))?;
-        let words = self
-            .vm
-            .get_dirty_log(slot, len)
-            .map_err(|e| Error::Kvm(kvm_err(e)))?;
-        let host_page = sys::page_size();
-        let host_bits = PageBitmap::from_words(words, size / host_page);
-        if host_page == TAG_PAGE_SIZE {
-            return Ok(host_bits);
-        }
-        let ratio = host_page / TAG_PAGE_SIZE;
-        let mut out = PageBitmap::new(size / TAG_PAGE_SIZE);
-        for page in (0..host_bits.pages()).filter(|&p| host_bits.contains(p)) {
-            for sub in 0..ratio {
-                out.insert(page * ratio + sub);
-            }
-        }
-        Ok(out)
-    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_ARM_MTE,
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(|e| Error::Enable(kvm_err(e)))?;
+    Ok(MteEnabled {
+        vm_fd: vm.as_raw_fd(),
+    })
 }
 
 #[cfg(test)]
@@ -254,5 +215,25 @@ mod tests {
             (2 << 30) | (48 << 16) | (0xae << 8) | 0xb4
         );
         assert_eq!(copy_tags_ioctl(), 0x8030_aeb4);
+    }
+
+    #[test]
+    fn slot_errors_name_the_mte_rule_only_for_mte_vms() {
+        let err = |mte| Error::MemorySlot {
+            slot: 3,
+            guest_base: 0x1_0000_0000,
+            mte,
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        };
+
+        let with = err(true).to_string();
+        let without = err(false).to_string();
+
+        assert!(with.starts_with("KVM refused memory slot 3 at 0x100000000 ("));
+        assert!(
+            with.contains("regular files and ramfs are refused"),
+            "{with}"
+        );
+        assert_eq!(without, "KVM refused memory slot 3 at 0x100000000");
     }
 }

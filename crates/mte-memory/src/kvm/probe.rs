@@ -7,11 +7,12 @@ use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_CAP_ARM_MTE};
-use kvm_ioctls::Kvm;
+use kvm_bindings::KVM_CAP_ARM_MTE;
+use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryRegion, MemoryRegionAddress};
 
-use super::{kvm_err, Error, MteVm, Result};
+use super::slots::set_slot;
+use super::{kvm_err, Error, KvmTagStore, MemorySlots, MteEnabled, Result, SlotFlags};
 use crate::memory::{BackingKind, SharedGuestMemory, SharedMemoryConfig};
 use crate::sys;
 use crate::tags::{TagStore, TAGS_PER_PAGE};
@@ -105,8 +106,9 @@ pub fn probe(kvm: &Kvm) -> Result<MteProbeReport> {
         drop(kvm.create_vm().map_err(|e| Error::Kvm(kvm_err(e)))?);
         return Ok(not_enabled("KVM_CAP_ARM_MTE is absent"));
     }
-    let mut vm = match MteVm::create(kvm)?.enable() {
-        Ok(vm) => vm,
+    let vm = kvm.create_vm().map_err(|e| Error::Kvm(kvm_err(e)))?;
+    let mte = match super::enable(&vm) {
+        Ok(mte) => mte,
         Err(e) => return Ok(not_enabled(&format!("{e}: {}", source_text(&e)))),
     };
 
@@ -115,13 +117,18 @@ pub fn probe(kvm: &Kvm) -> Result<MteProbeReport> {
         ..Default::default()
     })
     .map_err(Error::Memory)?;
-    let shared_memfd = match vm.register_memory(Arc::new(memory), false) {
-        Ok(_) => Outcome::Yes,
-        Err(e) => Outcome::No(source_text(&e)),
-    };
+    let mut slots = MemorySlots::new(&vm, Some(mte))?;
+    let shared_memfd =
+        match slots.add_guest_memory(&vm, &[0], &Arc::new(memory), SlotFlags::default()) {
+            Ok(()) => Outcome::Yes,
+            Err(e) => Outcome::No(source_text(&e)),
+        };
 
     let copy_tags = if shared_memfd.is_yes() {
-        copy_tags_round_trip(&vm)
+        let outcome = copy_tags_round_trip(&vm, mte);
+        // Release the scratch memory (a slot still registered would be leaked).
+        let _ = slots.remove(&vm, 0);
+        outcome
     } else {
         Outcome::Unknown("no memory slot to copy tags from".into())
     };
@@ -140,12 +147,15 @@ fn source_text(e: &dyn std::error::Error) -> String {
     e.source().map_or_else(|| e.to_string(), |s| s.to_string())
 }
 
-fn copy_tags_round_trip(vm: &super::MteEnabledVm) -> Outcome {
+fn copy_tags_round_trip(vm: &VmFd, mte: MteEnabled) -> Outcome {
     let pages = (SCRATCH_SIZE / crate::TAG_PAGE_SIZE) as usize;
     let written: Vec<u8> = (0..pages * TAGS_PER_PAGE)
         .map(|i| (i % 15 + 1) as u8)
         .collect();
-    let mut store = vm.tag_store();
+    let mut store = match KvmTagStore::new(vm, mte) {
+        Ok(store) => store,
+        Err(e) => return Outcome::No(e.to_string()),
+    };
     if let Err(e) = store.write_tags(GuestAddress(SCRATCH_BASE), &written) {
         return Outcome::No(format!("write: {e}"));
     }
@@ -210,10 +220,13 @@ fn ramfs_slot(kvm: &Kvm, dir: &std::path::Path) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::Unknown(format!("cannot map ramfs file: {e}")),
     };
-    let vm = match MteVm::create(kvm).and_then(MteVm::enable) {
+    let vm = match kvm.create_vm() {
         Ok(vm) => vm,
         Err(e) => return Outcome::Unknown(format!("second scratch VM: {e}")),
     };
+    if let Err(e) = super::enable(&vm) {
+        return Outcome::Unknown(format!("second scratch VM: {e}"));
+    }
     let region = vm_memory::GuestRegionMmap::new(mapping, GuestAddress(SCRATCH_BASE));
     let Some(region) = region else {
         return Outcome::Unknown("scratch region wraps".into());
@@ -221,15 +234,16 @@ fn ramfs_slot(kvm: &Kvm, dir: &std::path::Path) -> Outcome {
     let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
         return Outcome::Unknown("scratch region has no host address".into());
     };
-    let desc = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: SCRATCH_BASE,
-        memory_size: region.len(),
-        userspace_addr: host as u64,
-    };
-    // The slot goes away with `vm`, which is dropped before `region` unmaps.
-    let result = sys::set_memory_region(vm.vm(), desc);
+    // Straight to KVM, past `MemorySlots`' own backing check: the question is what KVM does.
+    // The slot goes away with `vm` (no vCPU), which is dropped before `region` unmaps.
+    let result = set_slot(
+        &vm,
+        0,
+        SCRATCH_BASE,
+        region.len(),
+        host as u64,
+        SlotFlags::default(),
+    );
     drop(vm);
     drop(region);
     match result {

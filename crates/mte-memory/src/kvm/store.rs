@@ -4,15 +4,16 @@ use kvm_bindings::{KVM_ARM_TAGS_FROM_GUEST, KVM_ARM_TAGS_TO_GUEST};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestAddress;
 
+use super::MteEnabled;
 use crate::sys;
 use crate::tags::{check_range, check_tag_values, Error, Result, TagStore, GRANULE_SIZE};
 
 /// Reads and writes guest allocation tags with `KVM_ARM_MTE_COPY_TAGS`.
 ///
-/// Obtained from [`MteEnabledVm::tag_store`](super::MteEnabledVm::tag_store), so the VM is
-/// known to have MTE enabled. Ranges must also be aligned to the host page size. KVM may copy
-/// less than asked; the store loops until the range is done. Writing while dirty logging is
-/// enabled on any slot fails with [`Error::DirtyLogging`].
+/// Made with the [`MteEnabled`] proof of the VM, so the VM is known to have MTE enabled.
+/// Ranges must also be aligned to the host page size. KVM may copy less than asked; the store
+/// loops until the range is done. Writing while dirty logging is enabled on any slot fails
+/// with [`Error::DirtyLogging`].
 #[derive(Debug)]
 pub struct KvmTagStore<'a> {
     vm: &'a VmFd,
@@ -20,11 +21,14 @@ pub struct KvmTagStore<'a> {
 }
 
 impl<'a> KvmTagStore<'a> {
-    pub(super) fn new(vm: &'a VmFd) -> Self {
-        Self {
+    /// A store for the tags of `vm`, which `mte` proves has MTE enabled
+    /// ([`super::Error::OtherVm`] if the proof is another VM's).
+    pub fn new(vm: &'a VmFd, mte: MteEnabled) -> super::Result<Self> {
+        mte.check(vm)?;
+        Ok(Self {
             vm,
             page_size: sys::page_size(),
-        }
+        })
     }
 
     fn copy(

@@ -130,9 +130,9 @@ pub trait Flush: Send {
     fn flush(&self) -> io::Result<()>;
 }
 
-impl Flush for crate::pmem::PmemBacking {
+impl Flush for crate::pmem_backing::PmemBacking {
     fn flush(&self) -> io::Result<()> {
-        crate::pmem::PmemBacking::flush(self).map_err(io::Error::other)
+        crate::pmem_backing::PmemBacking::flush(self).map_err(io::Error::other)
     }
 }
 
@@ -456,14 +456,16 @@ mod tests {
 
     #[test]
     fn flush_round_trip_reaches_the_backing_file() {
-        use crate::pmem::{PmemBacking, PmemConfig};
+        use crate::config::pmem::PmemConfig;
+        use crate::pmem_backing::{inspect, PmemBacking};
         use std::io::{Read, Seek, SeekFrom};
         let path = std::env::temp_dir().join(format!("refvmm-pmem-dev-{}", std::process::id()));
         std::fs::File::create(&path)
             .unwrap()
             .set_len(2 << 20)
             .unwrap();
-        let cfg = PmemConfig::from_spec(&format!("file={}", path.display()), false).unwrap();
+        let cfg =
+            PmemConfig::from_spec(&format!("file={}", path.display()), false, inspect).unwrap();
         let backing = PmemBacking::open(&cfg, 0, false).unwrap();
         let mapping = backing.mapping();
         let mut d = Driver::new(backing, 16);
