@@ -12,7 +12,8 @@
 //! cargo xtask fuzz                  every fuzz target for a few seconds (needs cargo-fuzz)
 //! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
 //! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot,
-//!                                   snapshot-in-handler, features, pmem
+//!                                   snapshot-in-handler, features, pmem, example (the
+//!                                   minimal VMM of sdei-dispatch's examples)
 //! cargo xtask arm64 test [-p PKG]... [FILTER]
 //!                                   only the aarch64 test executables, in the emulated machine
 //! cargo xtask arm64 run [OPTIONS] -- CMD...
@@ -29,6 +30,7 @@
 mod cpio;
 mod cross;
 mod doctor;
+mod example;
 mod features;
 mod fresh;
 mod fuzz;
@@ -222,7 +224,8 @@ fn cmd_test() -> Result<Outcome, Fail> {
         "emulated arm64 tests: {} passed, {} failed",
         arm.passed, arm.failed
     );
-    let mut scenarios = guest::boot(&tb)?;
+    let mut scenarios = example::minimal_vmm(&tb)?;
+    scenarios.extend(guest::boot(&tb)?);
     scenarios.extend(sdei::sdei(&tb)?);
     scenarios.extend(features::features(&tb)?);
     scenarios.extend(pmem::pmem(&tb)?);
@@ -542,9 +545,10 @@ fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
         "seccomp" => seccomp::seccomp(&tb)?,
         "features" => features::features(&tb)?,
         "pmem" => pmem::pmem(&tb)?,
+        "example" => example::minimal_vmm(&tb)?,
         other => {
             return Err(Fail::new(format!(
-                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem)"
+                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem, example)"
             )))
         }
     };
