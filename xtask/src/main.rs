@@ -7,7 +7,9 @@
 //! cargo xtask test                  every test: the fast tier, then emulated-arm64 tests and
 //!                                   guest scenarios (not run when the fast tier fails)
 //! cargo xtask check                 the fast tier only: fmt, clippy (host, aarch64, fuzz,
-//!                                   payload, no_std), cargo doc, host tests
+//!                                   payload, no_std), cargo doc, minimal dependency
+//!                                   versions, host tests
+//! cargo xtask minimal-versions      the library crates against their oldest dependencies
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
 //! cargo xtask fuzz                  every fuzz target for a few seconds (needs cargo-fuzz)
 //! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
@@ -38,6 +40,7 @@ mod guest;
 mod kmod;
 mod l1;
 mod lint;
+mod minver;
 mod pmem;
 mod sdei;
 mod seccomp;
@@ -73,6 +76,11 @@ fn main() -> ExitCode {
             }),
         ["test"] => cmd_test(),
         ["check"] => cmd_check(),
+        ["minimal-versions"] => match minver::run() {
+            Ok(failed) if failed.is_empty() => Ok(Outcome::Ok),
+            Ok(failed) => Ok(Outcome::Failed(failed.join("; "))),
+            Err(e) => Err(e),
+        },
         ["boot"] => cmd_boot(),
         ["bench"] => cmd_bench(),
         ["fuzz"] => fuzz::smoke().map(|c| verdict("fuzz", c)),
@@ -168,6 +176,7 @@ fn host_cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, Counts), Fa
 /// the no_std builds and the fuzz corpora). Returns the host counts and the problems found.
 fn fast_tier() -> Result<(Counts, Vec<String>), Fail> {
     let mut problems = lint::run()?;
+    problems.extend(minver::run()?);
     let (ok, mut host) = host_cargo(&["test", "--workspace", "--all-features"], &[])?;
     if !ok && host.failed == 0 {
         host.failed += 1;

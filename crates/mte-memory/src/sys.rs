@@ -72,13 +72,26 @@ pub use kvm::*;
 mod kvm {
     use std::io;
 
-    use kvm_bindings::{kvm_arm_copy_mte_tags, kvm_userspace_memory_region, KVMIO};
+    use kvm_bindings::{kvm_arm_copy_mte_tags, kvm_enable_cap, kvm_userspace_memory_region, KVMIO};
     use kvm_ioctls::VmFd;
-    use vmm_sys_util::ioctl::ioctl_with_mut_ref;
-    use vmm_sys_util::ioctl_ior_nr;
+    use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
+    use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr};
 
     // The kernel declares this ioctl with _IOR although it copies in both directions.
     ioctl_ior_nr!(KVM_ARM_MTE_COPY_TAGS, KVMIO, 0xb4, kvm_arm_copy_mte_tags);
+    ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_enable_cap);
+
+    /// `KVM_ENABLE_CAP` on the VM. Issued directly: kvm-ioctls' `VmFd::enable_cap` exists on
+    /// aarch64 only from 0.25.1, and the crate works with 0.25.0.
+    pub fn enable_cap(vm: &VmFd, cap: &kvm_enable_cap) -> io::Result<()> {
+        // SAFETY: `vm` is a VM fd and `cap` a valid kvm_enable_cap the kernel only reads
+        // during the call.
+        let ret = unsafe { ioctl_with_ref(vm, KVM_ENABLE_CAP(), cap) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 
     /// The ioctl number of `KVM_ARM_MTE_COPY_TAGS`, derived from kvm-bindings.
     pub fn copy_tags_ioctl_nr() -> u64 {

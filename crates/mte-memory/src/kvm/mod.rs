@@ -197,7 +197,7 @@ pub fn enable(vm: &VmFd) -> Result<MteEnabled> {
         cap: KVM_CAP_ARM_MTE,
         ..Default::default()
     };
-    vm.enable_cap(&cap).map_err(|e| Error::Enable(kvm_err(e)))?;
+    sys::enable_cap(vm, &cap).map_err(Error::Enable)?;
     Ok(MteEnabled {
         vm_fd: vm.as_raw_fd(),
     })
