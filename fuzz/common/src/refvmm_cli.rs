@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use clap::Parser;
+use refvmm::config::pmem::PmemSource;
 use refvmm::config::{parse_size, Cli, CtlCli, VmConfig, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
 use refvmm::layout::{pmem_bases, CMDLINE_MAX, PMEM_ALIGN, VIRTIO_SLOTS};
-use refvmm::config::pmem::PmemSource;
 
 /// Most arguments taken from one input.
 pub const MAX_ARGS: usize = 64;

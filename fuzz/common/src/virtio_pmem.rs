@@ -24,15 +24,14 @@
 //! in RAM, answered 0 only for flush requests whose flush succeeded, and raised the queue
 //! interrupt exactly when it returned chains.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use refvmm::devices::virtio::mmio::reg;
 use refvmm::devices::virtio::pmem::{
-    parse_request, read_chain, ChainError, Flush, ParsedChain, PmemDevice, PmemRequest,
-    RequestError, MESSAGE_LEN, QUEUE_SIZE, REQ_TYPE_FLUSH, RESP_EIO, RESP_OK,
+    parse_request, read_chain, ChainError, ParsedChain, PmemDevice, PmemRequest, RequestError,
+    MESSAGE_LEN, QUEUE_SIZE, REQ_TYPE_FLUSH, RESP_EIO, RESP_OK,
 };
-use refvmm::devices::virtio::{interrupt, status, Interrupt, MmioTransport, VIRTIO_F_VERSION_1};
+use refvmm::devices::virtio::{interrupt, status, MmioTransport, VIRTIO_F_VERSION_1};
 use refvmm::devices::MmioDevice;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -64,34 +63,9 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
-/// A virtio interrupt that counts its triggers (also used by the `refvmm_mmio_sequences`
-/// target).
-#[derive(Clone, Default)]
-pub(crate) struct Counter(pub(crate) Arc<AtomicU32>);
-
-impl Interrupt for Counter {
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-#[derive(Clone, Default)]
-struct FakeFlush {
-    calls: Arc<AtomicU64>,
-    fail: bool,
-}
-
-impl Flush for FakeFlush {
-    fn flush(&self) -> std::io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.fail {
-            Err(std::io::Error::other("the fuzz input makes flushes fail"))
-        } else {
-            Ok(())
-        }
-    }
-}
+pub(crate) use refvmm::devices::virtio::testing::{
+    CountingFlush as FakeFlush, CountingInterrupt as Counter,
+};
 
 /// What one input made the device do (for the seed tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

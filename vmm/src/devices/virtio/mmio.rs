@@ -496,20 +496,10 @@ impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
 mod tests {
     use super::*;
     use crate::devices::virtio::QueueError;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use virtio_queue::QueueOwnedT;
 
-    /// Counts its triggers.
-    #[derive(Clone, Default)]
-    struct Counter(Arc<AtomicU32>);
-
-    impl Interrupt for Counter {
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-    }
+    use crate::devices::virtio::testing::CountingInterrupt as Counter;
 
     /// A device with two queues that returns every chain unchanged.
     struct Echo {

@@ -11,6 +11,8 @@
 
 pub mod mmio;
 pub mod pmem;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 
 pub use mmio::MmioTransport;
 

@@ -255,10 +255,9 @@ impl<F: Flush> VirtioDevice for PmemDevice<F> {
 mod tests {
     use super::*;
     use crate::devices::virtio::mmio::{reg, MmioTransport};
-    use crate::devices::virtio::{status, Interrupt, VIRTIO_F_VERSION_1};
+    use crate::devices::virtio::{status, VIRTIO_F_VERSION_1};
     use crate::devices::MmioDevice;
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     const RAM: u64 = 0x4000_0000;
     const DESC: u64 = RAM;
@@ -268,33 +267,9 @@ mod tests {
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
 
-    #[derive(Clone, Default)]
-    struct Counter(Arc<AtomicU32>);
-
-    impl Interrupt for Counter {
-        fn trigger(&self) -> io::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-    }
-
-    /// Counts flushes; fails them when asked.
-    #[derive(Clone, Default)]
-    struct FakeFlush {
-        calls: Arc<AtomicU64>,
-        fail: bool,
-    }
-
-    impl Flush for FakeFlush {
-        fn flush(&self) -> io::Result<()> {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            if self.fail {
-                Err(io::Error::from_raw_os_error(libc::EIO))
-            } else {
-                Ok(())
-            }
-        }
-    }
+    use crate::devices::virtio::testing::{
+        CountingFlush as FakeFlush, CountingInterrupt as Counter,
+    };
 
     fn ram() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM), 0x10_0000)]).unwrap()
