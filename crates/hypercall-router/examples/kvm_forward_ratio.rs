@@ -56,23 +56,9 @@ mod bench {
     }
 
     // --- The few instructions the guest needs. ---
-    fn movz(rd: u32, imm: u16, shift: u32) -> u32 {
-        0xD280_0000 | (shift / 16) << 21 | u32::from(imm) << 5 | rd
-    }
-    fn movk(rd: u32, imm: u16, shift: u32) -> u32 {
-        0xF280_0000 | (shift / 16) << 21 | u32::from(imm) << 5 | rd
-    }
-    fn load(code: &mut Vec<u32>, rd: u32, value: u64) {
-        code.push(movz(rd, value as u16, 0));
-        for shift in [16u32, 32, 48] {
-            let part = (value >> shift) as u16;
-            if part != 0 {
-                code.push(movk(rd, part, shift));
-            }
-        }
-    }
+    use hypercall_router::testing::a64::{bytes, load, movz, str_x, HVC0};
+
     const ISB: u32 = 0xD503_3FDF;
-    const HVC0: u32 = 0xD400_0002;
     /// `mrs x<rt>, cntvct_el0`.
     fn read_counter(rt: u32) -> u32 {
         0xD53B_E040 | rt
@@ -82,10 +68,6 @@ mod bench {
     /// `b.ne` back by `words` instructions.
     fn bne_back(words: u32) -> u32 {
         0x5400_0001 | ((words.wrapping_neg() & 0x7_FFFF) << 5)
-    }
-    /// `str x<rt>, [x<rn>]`.
-    fn str_x(rt: u32, rn: u32) -> u32 {
-        0xF900_0000 | rn << 5 | rt
     }
 
     /// Times a loop of `CALLS` HVCs with x0 = `id`; the counter before and after land in
@@ -140,7 +122,7 @@ mod bench {
             )
         };
         assert_ne!(mem, libc::MAP_FAILED, "mmap");
-        let bytes: Vec<u8> = payload().iter().flat_map(|w| w.to_le_bytes()).collect();
+        let bytes = bytes(&payload());
         assert!(bytes.len() <= GUEST_SIZE);
         // SAFETY: `mem` is a fresh writable mapping of GUEST_SIZE bytes; `bytes` fits in it.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.cast::<u8>(), bytes.len()) };

@@ -51,37 +51,7 @@ impl Service for Probe {
     }
 }
 
-// --- A tiny aarch64 assembler: just the instructions the payload needs. ---
-
-fn movz(rd: u32, imm: u16, shift: u32) -> u32 {
-    0xD280_0000 | (shift / 16) << 21 | u32::from(imm) << 5 | rd
-}
-
-fn movk(rd: u32, imm: u16, shift: u32) -> u32 {
-    0xF280_0000 | (shift / 16) << 21 | u32::from(imm) << 5 | rd
-}
-
-/// `mov xd, xm` (ORR xd, xzr, xm).
-fn mov(rd: u32, rm: u32) -> u32 {
-    0xAA00_03E0 | rm << 16 | rd
-}
-
-/// `str xt, [xn]`.
-fn str_x(rt: u32, rn: u32) -> u32 {
-    0xF900_0000 | rn << 5 | rt
-}
-
-const HVC0: u32 = 0xD400_0002;
-const SMC0: u32 = 0xD400_0003;
-/// `b .`
-const SPIN: u32 = 0x1400_0000;
-
-fn load(code: &mut Vec<u32>, rd: u32, value: u64) {
-    code.push(movz(rd, value as u16, 0));
-    for shift in [16, 32, 48] {
-        code.push(movk(rd, (value >> shift) as u16, shift));
-    }
-}
+use hypercall_router::testing::a64::{load, mov, str_x, HANG as SPIN, HVC0, SMC0};
 
 /// Loads x0..=x3, makes the call, copies x0..=x3 to `save..save+3`.
 fn call(code: &mut Vec<u32>, insn: u32, regs: [u64; 4], save: u32) {
@@ -150,7 +120,7 @@ fn hvc_and_smc_calls_are_forwarded_routed_and_answered() {
     };
     assert_ne!(mem, libc::MAP_FAILED);
     let code = payload();
-    let bytes: Vec<u8> = code.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let bytes = hypercall_router::testing::a64::bytes(&code);
     assert!(bytes.len() <= GUEST_SIZE);
     // SAFETY: `mem` is a fresh writable mapping of GUEST_SIZE bytes and `bytes` fits in it.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.cast::<u8>(), bytes.len()) };

@@ -251,6 +251,8 @@ mod memory {
 mod guest {
     use std::ops::Range;
 
+    use hypercall_router::testing::a64::{self, ldr_x, movk, movz, str_x, HANG, HVC0};
+
     pub const BASE: u64 = 0x8000_0000;
     pub const SIZE: u64 = 2 << 20;
     /// Where the handler leaves its argument.
@@ -270,30 +272,12 @@ mod guest {
     const SDEI_PE_UNMASK: u64 = 0xC400_002C;
     const SIP_RAISE: u64 = 0xC200_0000;
 
-    const HVC0: u32 = 0xD400_0002;
     /// `msr daifset, #0xf`.
     const MASK_ALL: u32 = 0xD503_4FDF;
     /// `add x20, x20, #1`.
     const INC_X20: u32 = 0x9100_0694;
     /// `mov x15, x0`.
     const SAVE_VERSION: u32 = 0xAA00_03EF;
-
-    fn movz(rd: u32, imm: u16, shift: u32) -> u32 {
-        0xD280_0000 | (shift / 16) << 21 | u32::from(imm) << 5 | rd
-    }
-    fn movk(rd: u32, imm: u16, shift: u32) -> u32 {
-        0xF280_0000 | (shift / 16) << 21 | u32::from(imm) << 5 | rd
-    }
-    /// `ldr x<rt>, [x<rn>]`.
-    fn ldr(rt: u32, rn: u32) -> u32 {
-        0xF940_0000 | rn << 5 | rt
-    }
-    /// `str x<rt>, [x<rn>]`.
-    fn str(rt: u32, rn: u32) -> u32 {
-        0xF900_0000 | rn << 5 | rt
-    }
-    /// `b .`
-    const HANG: u32 = 0x1400_0000;
 
     /// A tiny assembler: words plus forward branches to labels.
     #[derive(Default)]
@@ -309,13 +293,7 @@ mod guest {
             self.words.push(w);
         }
         fn load(&mut self, rd: u32, value: u64) {
-            self.put(movz(rd, value as u16, 0));
-            for shift in [16u32, 32, 48] {
-                let part = (value >> shift) as u16;
-                if part != 0 {
-                    self.put(movk(rd, part, shift));
-                }
-            }
+            a64::load(&mut self.words, rd, value);
         }
         fn label(&mut self, name: &'static str) {
             self.labels.push((name, self.words.len()));
@@ -375,24 +353,24 @@ mod guest {
         a.put(HVC0);
         a.label("spin");
         a.put(INC_X20);
-        a.put(ldr(9, 10));
+        a.put(ldr_x(9, 10));
         a.branch_if(false, 9, "spin");
         let spin_end = a.words.len();
         a.load(11, DONE_MMIO);
-        a.put(str(9, 11));
+        a.put(str_x(9, 11));
         a.put(HANG);
         a.label("fail");
         a.load(11, FAIL_MMIO);
-        a.put(str(0, 11));
+        a.put(str_x(0, 11));
         a.put(HANG);
         // The handler: x0 = event, x1 = argument, x2 = interrupted PC, x3 = its PSTATE.
         a.label("handler");
         a.load(12, HANDLER_PC_MMIO);
-        a.put(str(2, 12));
+        a.put(str_x(2, 12));
         a.load(12, HANDLER_PSTATE_MMIO);
-        a.put(str(3, 12));
+        a.put(str_x(3, 12));
         a.load(9, FLAG);
-        a.put(str(1, 9));
+        a.put(str_x(1, 9));
         a.load(0, SDEI_EVENT_COMPLETE);
         a.load(1, 0);
         a.put(HVC0);
@@ -409,7 +387,7 @@ mod guest {
 
     /// The program's bytes.
     pub fn program() -> Vec<u8> {
-        assemble().0.iter().flat_map(|w| w.to_le_bytes()).collect()
+        a64::bytes(&assemble().0)
     }
 
     /// The guest addresses of the spin loop's instructions.

@@ -1,4 +1,8 @@
-//! Ready-made services and an entry point for tests, harnesses and fuzzing.
+//! Ready-made services and an entry point for tests, harnesses and fuzzing, and a few A64
+//! encodings for hand-assembled guests ([`a64`], with `std`).
+
+#[cfg(feature = "std")]
+pub mod a64;
 
 use crate::arch::{ArmArchitecture, SocId};
 use crate::call::{Call, CallContext, Conduit, Outcome, Results};
