@@ -283,11 +283,9 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let console = match &snapshot {
         None => Console::new(uart_irq, console_out.writer()),
         Some(r) => {
-            let wire: snapshot::SerialWire = snapshot::decode(
-                "console state",
-                &r.read("serial.bin").map_err(Error::Snapshot)?,
-            )
-            .map_err(Error::Snapshot)?;
+            let wire: snapshot::SerialWire = snapshot::SERIAL
+                .decode(&r.read("serial.bin").map_err(Error::Snapshot)?)
+                .map_err(Error::Snapshot)?;
             Console::from_wire(uart_irq, console_out.writer(), &wire).map_err(Error::Restore)?
         }
     };
@@ -519,9 +517,9 @@ fn restore_cpu_and_gic(
     gic: &Gic,
     mpidrs: &[u64],
 ) -> Result<()> {
-    let mut states: Vec<snapshot::vcpu::VcpuState> =
-        snapshot::decode("vCPU state", &r.read("vcpus.bin").map_err(Error::Snapshot)?)
-            .map_err(Error::Snapshot)?;
+    let mut states: Vec<snapshot::vcpu::VcpuState> = snapshot::VCPUS
+        .decode(&r.read("vcpus.bin").map_err(Error::Snapshot)?)
+        .map_err(Error::Snapshot)?;
     snapshot::vcpu::unify_counters(&mut states);
     if states.len() != vcpus.len() {
         return Err(Error::Restore(format!(
@@ -625,11 +623,8 @@ impl Machine {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         let e = |e: snapshot::Error| e.to_string();
         let mut w = snapshot::Writer::create(dir).map_err(e)?;
-        w.put(
-            "vcpus.bin",
-            &postcard::to_allocvec(states).map_err(|x| x.to_string())?,
-        )
-        .map_err(e)?;
+        w.put("vcpus.bin", &snapshot::VCPUS.encode(states).map_err(e)?)
+            .map_err(e)?;
         let gic = snapshot::gic::save(self.gic.fd(), &self.mpidrs, layout::GIC_NR_IRQS)
             .map_err(|x| format!("GIC state: {x}"))?;
         w.put("gic.bin", &gic.encode()).map_err(e)?;
@@ -676,11 +671,8 @@ impl Machine {
             .lock()
             .map_err(|_| "console lock poisoned".to_string())?
             .to_wire();
-        w.put(
-            "serial.bin",
-            &postcard::to_allocvec(&serial).map_err(|x| x.to_string())?,
-        )
-        .map_err(e)?;
+        w.put("serial.bin", &snapshot::SERIAL.encode(&serial).map_err(e)?)
+            .map_err(e)?;
         // The size is counted while writing: listing the directory would need getdents64 and
         // fstat, which the main thread's filter does not allow.
         let total = w

@@ -9,8 +9,9 @@ use kvm_bindings::{
 use kvm_ioctls::{DeviceFd, Kvm, VmFd};
 use refvmm::gic::Gic;
 use refvmm::layout::GIC_NR_IRQS;
-use refvmm::snapshot::gic::{affinity, restore, save, sysreg, Error, GicState};
+use refvmm::snapshot::gic::{affinity, restore, save, sysreg, Error, GicState, FORMAT};
 use refvmm::vcpu::Vcpu;
+use sdei_migration::header::HeaderError;
 
 const ICC_PMR_EL1: u32 = sysreg(3, 0, 4, 6, 0);
 const ICC_CTLR_EL1: u32 = sysreg(3, 0, 12, 12, 4);
@@ -267,6 +268,8 @@ fn gic_state_encode_decode_round_trips() {
     assert_eq!(decoded, state);
 }
 
+const HEADER_LEN: usize = sdei_migration::header::HEADER_LEN;
+
 #[test]
 fn gic_state_decode_refuses_every_truncation_and_trailing_bytes() {
     let bytes = saved_state().encode();
@@ -274,7 +277,7 @@ fn gic_state_decode_refuses_every_truncation_and_trailing_bytes() {
     for len in 0..bytes.len() {
         let r = GicState::decode(&bytes[..len]);
         assert!(
-            matches!(r, Err(Error::Truncated)),
+            matches!(r, Err(Error::Header(HeaderError::Truncated { .. }))),
             "prefix of {len} bytes: {r:?}"
         );
     }
@@ -282,6 +285,12 @@ fn gic_state_decode_refuses_every_truncation_and_trailing_bytes() {
     long.push(0);
     assert!(matches!(
         GicState::decode(&long),
+        Err(Error::Header(HeaderError::TrailingBytes(1)))
+    ));
+    let mut payload = bytes[HEADER_LEN..].to_vec();
+    payload.push(0);
+    assert!(matches!(
+        GicState::decode(&FORMAT.seal(&payload).unwrap()),
         Err(Error::TrailingBytes(1))
     ));
 }
@@ -289,21 +298,24 @@ fn gic_state_decode_refuses_every_truncation_and_trailing_bytes() {
 #[test]
 fn gic_state_decode_refuses_corrupted_headers_and_layouts() {
     let bytes = saved_state().encode();
+    // A payload edited behind a header that matches it.
     let with = |at: usize, v: u32| {
-        let mut b = bytes.clone();
-        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        GicState::decode(&b)
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        payload[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        GicState::decode(&FORMAT.seal(&payload).unwrap())
     };
+    let mut damaged = bytes.clone();
+    damaged[HEADER_LEN + 9] ^= 1;
 
-    // Layout: version, nr_irqs, distributor count, then (offset, value) pairs.
-    assert!(matches!(with(0, 2), Err(Error::UnsupportedVersion(2))));
-    assert!(matches!(with(4, 33), Err(Error::BadNrIrqs(33))));
-    assert!(matches!(with(4, 256), Err(Error::Layout("distributor"))));
-    assert!(matches!(with(8, u32::MAX), Err(Error::Truncated)));
     assert!(matches!(
-        with(12, 0x9999),
-        Err(Error::Layout("distributor"))
+        GicState::decode(&damaged),
+        Err(Error::Header(HeaderError::PayloadChecksumMismatch { .. }))
     ));
+    // Payload layout: nr_irqs, distributor count, then (offset, value) pairs.
+    assert!(matches!(with(0, 33), Err(Error::BadNrIrqs(33))));
+    assert!(matches!(with(0, 256), Err(Error::Layout("distributor"))));
+    assert!(matches!(with(4, u32::MAX), Err(Error::Truncated)));
+    assert!(matches!(with(8, 0x9999), Err(Error::Layout("distributor"))));
 }
 
 #[test]
@@ -325,16 +337,16 @@ fn gic_state_check_ties_active_priority_registers_to_icc_ctlr() {
 }
 
 #[test]
-fn gic_state_decode_of_any_single_byte_corruption_never_panics() {
-    let state = saved_state();
-    let bytes = state.encode();
+fn gic_state_decode_refuses_any_single_byte_corruption() {
+    let bytes = saved_state().encode();
 
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
         b[i] ^= 0xff;
-        // Either refused, or a different state: the encoding is one-to-one.
-        if let Ok(other) = GicState::decode(&b) {
-            assert_ne!(other, state, "flipping byte {i} decoded to the same state");
-        }
+        // The header's checksums catch every one, without a panic.
+        assert!(
+            GicState::decode(&b).is_err(),
+            "flipping byte {i} was accepted"
+        );
     }
 }

@@ -3,16 +3,20 @@
 //! A [`Snapshot`] holds the dispatcher's complete state: configuration, shared events,
 //! every vCPU's private events, masks, pending events, running handlers of both priorities
 //! with their saved contexts, and bind slots. [`Snapshot::encode`] writes it in a stable
-//! binary format: a fixed 32-byte [`SnapshotHeader`] (magic, format major and minor version,
-//! flags, payload length, payload and header CRC32) that [`SnapshotHeader::parse`] reads
-//! without touching the payload, then a postcard payload of wire types this crate owns.
-//! [`Snapshot::decode`] refuses damaged, truncated, foreign, oversized and too-new input with
-//! a distinct [`SnapshotError`]; [`Snapshot::restore`] refuses a snapshot of a VM configured
-//! differently, and a state the dispatcher's state machine could never reach.
+//! binary format: the fixed 32-byte [`SnapshotHeader`] every snapshot format of the arm64-vmm
+//! workspace shares (magic, format major and minor version, flags, payload length, payload and
+//! header CRC32), which [`FORMAT.parse`](SnapshotFormat::parse) reads without touching the
+//! payload, then a postcard payload of wire types this crate owns. [`Snapshot::decode`]
+//! refuses damaged, truncated, foreign, oversized and too-new input with a distinct error
+//! ([`SnapshotError::Header`] for everything the header rules refuse); [`Snapshot::restore`]
+//! refuses a snapshot of a VM configured differently, and a state the dispatcher's state
+//! machine could never reach.
 //!
-//! Versioning: a newer major version is refused; a newer minor version only if its header
-//! flags say it adds nothing but optional sections; every older version loads. The crate
-//! README has the byte layout and the full policy.
+//! Versioning: another major version is refused; a newer minor version only if its header
+//! flags say it adds nothing but optional sections; every older minor loads. These are the
+//! workspace's snapshot-header rules, specified once in `docs/snapshot-format.md`; the
+//! [`header`] module holds their code (the same as mte-memory's), which a VMM can use for
+//! snapshot files of its own. The crate README has this format's payload.
 //!
 //! # Example
 //!
@@ -46,21 +50,21 @@
 //! // A VM with another vCPU count is refused, naming the difference.
 //! let err = Snapshot::decode(&bytes)?.restore(DispatcherConfig::new(4)).unwrap_err();
 //! assert!(matches!(err, SnapshotError::ConfigMismatch(_)));
-//! assert_eq!(err.to_string(), "snapshot does not fit this VM: snapshot has 2 vCPUs, this VM has 4");
+//! assert_eq!(err.to_string(), "Snapshot does not fit this VM: snapshot has 2 vCPUs, this VM has 4");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
 
 mod error;
-mod header;
+pub mod header;
 mod mismatch;
 mod snapshot;
 mod wire;
 
 pub use error::{Result, SnapshotError};
 pub use header::{
-    SnapshotHeader, FLAG_OPTIONAL_ONLY, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN, MAGIC,
-    MAX_PAYLOAD_LEN,
+    HeaderError, SnapshotFormat, SnapshotHeader, FLAG_OPTIONAL_ONLY, FORMAT, FORMAT_MAJOR,
+    FORMAT_MINOR, HEADER_LEN, MAGIC, MAX_PAYLOAD_LEN,
 };
 pub use mismatch::ConfigMismatch;
 pub use snapshot::Snapshot;

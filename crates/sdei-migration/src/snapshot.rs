@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use sdei_dispatch::{Dispatcher, DispatcherConfig, DispatcherState};
 
 use crate::error::{Result, SnapshotError};
-use crate::header::{SnapshotHeader, HEADER_LEN, MAX_PAYLOAD_LEN};
+use crate::header::{HeaderError, SnapshotHeader, FORMAT, HEADER_LEN, MAX_PAYLOAD_LEN};
 use crate::mismatch::ConfigMismatch;
 use crate::wire::SnapshotV1;
 
@@ -61,18 +61,8 @@ impl Snapshot {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let payload =
             postcard::to_allocvec(&SnapshotV1::from(&self.state)).map_err(SnapshotError::Encode)?;
-        if payload.len() as u64 > MAX_PAYLOAD_LEN {
-            // Only a state no dispatcher holds gets here; no reader would accept it.
-            return Err(SnapshotError::Oversized {
-                len: payload.len() as u64,
-                max: MAX_PAYLOAD_LEN,
-            });
-        }
-        let header = SnapshotHeader::for_payload(&payload);
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(&header.to_bytes());
-        out.extend_from_slice(&payload);
-        Ok(out)
+        // Over the cap only for a state no dispatcher holds; no reader would accept it.
+        Ok(FORMAT.seal(&payload)?)
     }
 
     /// Writes [`encode`](Snapshot::encode)'s bytes to `writer`.
@@ -82,21 +72,7 @@ impl Snapshot {
 
     /// Decodes a snapshot that is exactly `bytes`: a header, then the payload it announces.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot> {
-        let header = SnapshotHeader::parse(bytes)?;
-        let end = usize::try_from(header.payload_len)
-            .ok()
-            .and_then(|len| len.checked_add(HEADER_LEN))
-            .ok_or(SnapshotError::Oversized {
-                len: header.payload_len,
-                max: MAX_PAYLOAD_LEN,
-            })?;
-        let payload = bytes.get(HEADER_LEN..end).ok_or(SnapshotError::Truncated {
-            needed: end as u64,
-            available: bytes.len() as u64,
-        })?;
-        if bytes.len() > end {
-            return Err(SnapshotError::TrailingBytes((bytes.len() - end) as u64));
-        }
+        let (header, payload) = FORMAT.open(bytes)?;
         decode_payload(&header, payload)
     }
 
@@ -109,8 +85,8 @@ impl Snapshot {
             .take(HEADER_LEN as u64)
             .read_to_end(&mut head)
             .map_err(SnapshotError::Io)?;
-        let header = SnapshotHeader::parse(&head)?;
-        let len = usize::try_from(header.payload_len).map_err(|_| SnapshotError::Oversized {
+        let header = FORMAT.parse(&head)?;
+        let len = usize::try_from(header.payload_len).map_err(|_| HeaderError::Oversized {
             len: header.payload_len,
             max: MAX_PAYLOAD_LEN,
         })?;
@@ -119,12 +95,7 @@ impl Snapshot {
             .take(header.payload_len)
             .read_to_end(&mut payload)
             .map_err(SnapshotError::Io)?;
-        if payload.len() < len {
-            return Err(SnapshotError::Truncated {
-                needed: (HEADER_LEN + len) as u64,
-                available: (HEADER_LEN + payload.len()) as u64,
-            });
-        }
+        header.check_payload(&payload)?;
         decode_payload(&header, &payload)
     }
 
@@ -161,15 +132,8 @@ impl TryFrom<Snapshot> for Dispatcher {
     }
 }
 
-/// Checks the payload against its header and decodes it.
+/// Decodes a payload that has passed the header's checks.
 fn decode_payload(header: &SnapshotHeader, payload: &[u8]) -> Result<Snapshot> {
-    let computed = crc32fast::hash(payload);
-    if computed != header.payload_crc {
-        return Err(SnapshotError::ChecksumMismatch {
-            stored: header.payload_crc,
-            computed,
-        });
-    }
     let (body, mut rest) =
         postcard::take_from_bytes::<SnapshotV1>(payload).map_err(SnapshotError::Decode)?;
     while !rest.is_empty() {
@@ -181,7 +145,7 @@ fn decode_payload(header: &SnapshotHeader, payload: &[u8]) -> Result<Snapshot> {
             return Err(SnapshotError::Malformed("optional section header"));
         };
         let (tag, len) = (u16::from_le_bytes(tag), u32::from_le_bytes(len) as usize);
-        if !header.is_newer_minor() {
+        if !FORMAT.is_newer(header) {
             // Format 1.0 defines no section: a snapshot this reader fully knows has none.
             return Err(SnapshotError::UnknownSection(tag));
         }
@@ -202,10 +166,7 @@ mod tests {
 
     /// A well-formed snapshot around the wire struct `body`.
     fn framed(body: &SnapshotV1) -> Vec<u8> {
-        let payload = postcard::to_allocvec(body).unwrap();
-        let mut out = SnapshotHeader::for_payload(&payload).to_bytes().to_vec();
-        out.extend_from_slice(&payload);
-        out
+        FORMAT.seal(&postcard::to_allocvec(body).unwrap()).unwrap()
     }
 
     fn one_vcpu() -> SnapshotV1 {

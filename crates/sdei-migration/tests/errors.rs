@@ -8,8 +8,8 @@ use common::*;
 use proptest::prelude::*;
 use sdei_dispatch::{Dispatcher, DispatcherConfig, RestoreError};
 use sdei_migration::{
-    fuzz_decode, load, save, ConfigMismatch, Snapshot, SnapshotError, SnapshotHeader,
-    FLAG_OPTIONAL_ONLY, FORMAT_MINOR, HEADER_LEN, MAX_PAYLOAD_LEN,
+    fuzz_decode, load, save, ConfigMismatch, HeaderError, Snapshot, SnapshotError, SnapshotHeader,
+    FLAG_OPTIONAL_ONLY, FORMAT, FORMAT_MINOR, HEADER_LEN, MAX_PAYLOAD_LEN,
 };
 
 fn valid() -> Vec<u8> {
@@ -29,7 +29,7 @@ fn with_payload(header: SnapshotHeader, payload: &[u8]) -> Vec<u8> {
 }
 
 fn header_of(bytes: &[u8]) -> SnapshotHeader {
-    SnapshotHeader::parse(bytes).unwrap()
+    FORMAT.parse(bytes).unwrap()
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn every_truncation_is_reported_as_truncated() {
             bytes.len()
         } as u64;
         assert!(
-            matches!(err, SnapshotError::Truncated { needed: n, available } if n == needed && available == len as u64),
+            matches!(err, SnapshotError::Header(HeaderError::Truncated { needed: n, available }) if n == needed && available == len as u64),
             "{len}: {err}"
         );
     }
@@ -57,8 +57,13 @@ fn wrong_magic_is_reported_as_not_a_snapshot() {
 
     let err = Snapshot::decode(&bytes).unwrap_err();
 
-    assert!(matches!(err, SnapshotError::BadMagic { found } if &found == b"QEMU\0\0\0\0"));
-    assert!(err.to_string().starts_with("input is not an SDEI snapshot"));
+    assert!(
+        matches!(err, SnapshotError::Header(HeaderError::BadMagic { found, expected: sdei_migration::MAGIC }) if &found == b"QEMU\0\0\0\0")
+    );
+    assert_eq!(
+        err.to_string(),
+        "Input has bad magic \"QEMU\\x00\\x00\\x00\\x00\" (expected \"SDEISNAP\")"
+    );
 }
 
 #[test]
@@ -69,7 +74,7 @@ fn damaged_payload_fails_its_checksum() {
     let err = Snapshot::decode(&bytes).unwrap_err();
 
     assert!(
-        matches!(err, SnapshotError::ChecksumMismatch { stored, computed } if stored != computed)
+        matches!(err, SnapshotError::Header(HeaderError::PayloadChecksumMismatch { stored, computed }) if stored != computed)
     );
 }
 
@@ -80,7 +85,10 @@ fn damaged_header_fails_its_checksum() {
 
     let err = Snapshot::decode(&bytes).unwrap_err();
 
-    assert!(matches!(err, SnapshotError::HeaderChecksumMismatch { .. }));
+    assert!(matches!(
+        err,
+        SnapshotError::Header(HeaderError::HeaderChecksumMismatch { .. })
+    ));
 }
 
 #[test]
@@ -97,7 +105,7 @@ fn oversized_payload_is_refused_before_reading_it() {
 
     for err in [from_bytes, from_stream] {
         assert!(
-            matches!(err, SnapshotError::Oversized { len, max: MAX_PAYLOAD_LEN } if len == MAX_PAYLOAD_LEN + 1)
+            matches!(err, SnapshotError::Header(HeaderError::Oversized { len, max: MAX_PAYLOAD_LEN }) if len == MAX_PAYLOAD_LEN + 1)
         );
     }
 }
@@ -111,7 +119,7 @@ fn newer_major_is_refused() {
 
     assert_eq!(
         err.to_string(),
-        "snapshot format major version 2 is not supported (this reader reads 1)"
+        "Snapshot format major version 2 is not supported (this reader reads 1)"
     );
 }
 
@@ -126,7 +134,7 @@ fn newer_minor_with_required_data_is_refused() {
     let err = Snapshot::decode(&with_payload(header, &bytes[HEADER_LEN..])).unwrap_err();
 
     assert!(
-        matches!(err, SnapshotError::UnsupportedMinor { major: 1, found, supported: FORMAT_MINOR } if found == FORMAT_MINOR + 1)
+        matches!(err, SnapshotError::Header(HeaderError::UnsupportedMinor { major: 1, found, supported: FORMAT_MINOR }) if found == FORMAT_MINOR + 1)
     );
 }
 
@@ -187,7 +195,10 @@ fn bytes_after_the_payload_are_refused() {
 
     let err = Snapshot::decode(&bytes).unwrap_err();
 
-    assert!(matches!(err, SnapshotError::TrailingBytes(3)));
+    assert!(matches!(
+        err,
+        SnapshotError::Header(HeaderError::TrailingBytes(3))
+    ));
 }
 
 #[test]
@@ -257,7 +268,7 @@ fn restoring_into_another_vm_names_the_difference() {
         assert!(matches!(err, SnapshotError::ConfigMismatch(_)));
         assert_eq!(
             err.to_string(),
-            format!("snapshot does not fit this VM: {message}")
+            format!("Snapshot does not fit this VM: {message}")
         );
     }
 }
@@ -297,7 +308,7 @@ fn truncated_stream_is_reported_as_truncated() {
     let err = Snapshot::read_from(&bytes[..bytes.len() - 5]).unwrap_err();
 
     assert!(
-        matches!(err, SnapshotError::Truncated { needed, available } if needed == bytes.len() as u64 && available == needed - 5)
+        matches!(err, SnapshotError::Header(HeaderError::Truncated { needed, available }) if needed == bytes.len() as u64 && available == needed - 5)
     );
 }
 
@@ -341,8 +352,10 @@ fn each_failure_has_its_own_message() {
     let mut variants: Vec<String> = inputs
         .iter()
         .map(|input| {
-            let err = Snapshot::decode(input).unwrap_err();
-            format!("{err:?}")
+            let err = format!("{:?}", Snapshot::decode(input).unwrap_err());
+            // The header's refusals are told apart by their `HeaderError` variant.
+            err.strip_prefix("Header(")
+                .unwrap_or(&err)
                 .split([' ', '(', '{'])
                 .next()
                 .unwrap()

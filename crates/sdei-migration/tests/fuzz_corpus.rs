@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use sdei_migration::{fuzz_decode, save, SnapshotError, HEADER_LEN};
+use sdei_migration::{fuzz_decode, save, HeaderError, SnapshotError, HEADER_LEN};
 
 fn golden() -> Vec<u8> {
     // Embedded at build time: the test binary also runs where there is no source tree.
@@ -31,11 +31,19 @@ fn fuzz_entry_point_reports_damaged_seeds() {
     let empty = fuzz_decode(&[]);
     let damaged = fuzz_decode(&flipped);
 
-    assert!(matches!(truncated, Err(SnapshotError::Truncated { .. })));
-    assert!(matches!(empty, Err(SnapshotError::Truncated { .. })));
+    assert!(matches!(
+        truncated,
+        Err(SnapshotError::Header(HeaderError::Truncated { .. }))
+    ));
+    assert!(matches!(
+        empty,
+        Err(SnapshotError::Header(HeaderError::Truncated { .. }))
+    ));
     assert!(matches!(
         damaged,
-        Err(SnapshotError::ChecksumMismatch { .. })
+        Err(SnapshotError::Header(
+            HeaderError::PayloadChecksumMismatch { .. }
+        ))
     ));
 }
 
@@ -72,10 +80,19 @@ fn every_single_byte_corruption_of_the_golden_file_is_detected() {
             let err = fuzz_decode(&bytes).unwrap_err();
 
             let expected = match at {
-                0..8 => matches!(err, SnapshotError::BadMagic { .. }),
-                8..10 => matches!(err, SnapshotError::UnsupportedMajor { .. }),
-                10..HEADER_LEN => matches!(err, SnapshotError::HeaderChecksumMismatch { .. }),
-                _ => matches!(err, SnapshotError::ChecksumMismatch { .. }),
+                0..8 => matches!(err, SnapshotError::Header(HeaderError::BadMagic { .. })),
+                8..10 => matches!(
+                    err,
+                    SnapshotError::Header(HeaderError::UnsupportedMajor { .. })
+                ),
+                10..HEADER_LEN => matches!(
+                    err,
+                    SnapshotError::Header(HeaderError::HeaderChecksumMismatch { .. })
+                ),
+                _ => matches!(
+                    err,
+                    SnapshotError::Header(HeaderError::PayloadChecksumMismatch { .. })
+                ),
             };
             assert!(expected, "byte {at} ^ {flip:#x}: {err:?}");
         }

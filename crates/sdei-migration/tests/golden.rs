@@ -10,7 +10,7 @@ use common::*;
 use sdei_dispatch::abi::Function;
 use sdei_dispatch::state::Routing;
 use sdei_dispatch::{CallOutcome, InMemoryRegisters, Priority};
-use sdei_migration::{load, save, Snapshot, SnapshotHeader};
+use sdei_migration::{load, save, Snapshot, FORMAT};
 
 fn golden_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/sdei-v1.0.bin")
@@ -34,7 +34,7 @@ fn marked(tag: u64) -> InMemoryRegisters {
 
 #[test]
 fn golden_v1_0_header_reads_without_the_payload() {
-    let header = SnapshotHeader::parse(&golden()[..32]).unwrap();
+    let header = FORMAT.parse(&golden()[..32]).unwrap();
 
     assert_eq!((header.major, header.minor, header.flags), (1, 0, 0));
     assert_eq!(header.payload_len, golden().len() as u64 - 32);
@@ -151,7 +151,7 @@ fn golden_v1_0_is_refused_by_a_vm_of_another_shape() {
 
     assert_eq!(
         err.to_string(),
-        "snapshot does not fit this VM: snapshot has 3 vCPUs, this VM has 2"
+        "Snapshot does not fit this VM: snapshot has 3 vCPUs, this VM has 2"
     );
 }
 

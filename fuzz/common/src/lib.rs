@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod corpus;
+pub mod header;
 pub mod migration;
 pub mod mte;
 pub mod refvmm_api;

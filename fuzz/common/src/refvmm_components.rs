@@ -11,7 +11,9 @@
 //!
 //! Mode bits: 0–1 the file is 0 or 3 a regular file, 1 missing, 2 a symbolic link to a
 //! regular file with the contents; bits 2–3 the manifest's length is 0 exact, 1 one more, 2
-//! one less, 3 the cap (`memory.bin`'s guest RAM, 256 MiB otherwise) plus bit 6's 0 or 1;
+//! one less, 3 the cap (`refvmm::snapshot::component_cap`: `memory.bin`'s guest RAM, the header
+//! and its format's payload cap for the files whose format refvmm knows, 256 MiB otherwise)
+//! plus bit 6's 0 or 1;
 //! bit 4 the manifest's CRC is wrong; bit 5 a directory instead of a file; bit 7 adds 3840 to
 //! the length (so 0–255 or 3840–4095 bytes).
 //! Only the first component of a name creates its file; later ones only add manifest entries.
@@ -27,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use refvmm::snapshot::{
-    decode_manifest, encode_manifest, Component, Error, Manifest, Reader, VmShape, MANIFEST,
-    MAX_COMPONENT,
+    component_cap, decode_manifest, encode_manifest, Component, Error, Manifest, Reader, VmShape,
+    MANIFEST, MAX_COMPONENT,
 };
 
 /// The component names an input can use: the six refvmm writes, one more valid name, and two
@@ -175,11 +177,7 @@ pub fn run_components(data: &[u8]) -> Report {
         };
         let file = &written[index].contents;
         let actual = file.len() as u64;
-        let cap = if name == "memory.bin" {
-            memory
-        } else {
-            MAX_COMPONENT
-        };
+        let cap = component_cap(name, &VmShape { memory, ..shape() });
         let listed_len = match (mode >> 2) & 3 {
             0 => actual,
             1 => actual + 1,
@@ -194,20 +192,11 @@ pub fn run_components(data: &[u8]) -> Report {
         });
     }
     let manifest = Manifest {
-        shape: VmShape {
-            cpus: 1,
-            memory,
-            mte: false,
-            sdei: false,
-            pmu: false,
-            sve: false,
-            pauth: false,
-            cmdline: "console=ttyS0".into(),
-        },
+        shape: VmShape { memory, ..shape() },
         mpidrs: vec![0x8000_0000],
         components,
     };
-    let bytes = encode_manifest(&manifest);
+    let bytes = encode_manifest(&manifest).expect("a manifest of at most 20 components encodes");
     place(&dir.0, MANIFEST, manifest_placement, &bytes);
     let decodes = decode_manifest(&bytes).is_ok();
     let opened = Reader::open(&dir.0);
@@ -236,6 +225,20 @@ pub fn run_components(data: &[u8]) -> Report {
         }
     }
     report
+}
+
+/// The VM shape of every built manifest, but for its guest RAM.
+fn shape() -> VmShape {
+    VmShape {
+        cpus: 1,
+        memory: 0,
+        mte: false,
+        sdei: false,
+        pmu: false,
+        sve: false,
+        pauth: false,
+        cmdline: "console=ttyS0".into(),
+    }
 }
 
 /// Checks one name; `Some(whether read returned it)` if it is listed.

@@ -2,35 +2,51 @@
 //! access to the snapshot directory could have replaced: `refvmm_gic_state` (`gic.bin`),
 //! `refvmm_vcpu_state` (`vcpus.bin`) and `refvmm_console_state` (`serial.bin`).
 
+use crate::header::{minor_and_flags, with_valid_checksums};
 use refvmm::snapshot::gic_state::{
-    affinity, ap_count, dist_layout, icc_layout, CpuState, Error as GicError, GicState,
+    affinity, ap_count, dist_layout, icc_layout, CpuState, Error as GicError, GicState, FORMAT,
     ICC_CTLR_EL1, MAX_CPUS, REDIST_REGS,
 };
 use refvmm::snapshot::vcpu_state::{
     reg_size, unify_counters, VcpuState, COUNTERS, MAX_REGS, MAX_REG_BYTES,
 };
+use refvmm::snapshot::VCPUS;
 
-/// Decodes `data` as `gic.bin`, then builds a state from it (see [`gic_input`]) and checks that
-/// encoding and decoding agree with [`GicState::check`].
+/// Decodes `data` as `gic.bin` (as given, and with the header's length and checksums made to
+/// match), then builds a state from it (see [`gic_input`]) and checks that encoding and
+/// decoding agree with [`GicState::check`].
 ///
-/// A state that decodes must re-encode to exactly the input (the format is canonical), pass
-/// its own checks and fit a VM of its own shape, and have the register lists `save` writes.
+/// A state that decodes must re-encode to exactly the input if its header is the current
+/// version's (the format is canonical), and to bytes that decode to it in any case; pass its
+/// own checks and fit a VM of its own shape, and have the register lists `save` writes.
 ///
 /// # Panics
 ///
 /// If the decoder panics, or one of those properties breaks.
 pub fn run_refvmm_gic_state(data: &[u8]) {
-    if let Ok(state) = GicState::decode(data) {
-        assert_eq!(
-            state.encode(),
-            data,
-            "a decoded GIC state re-encodes to its input"
-        );
-        check_accepted_gic(&state);
+    check_decoded_gic(data);
+    if let Some(fixed) = with_valid_checksums(data) {
+        check_decoded_gic(&fixed);
     }
     if let Some(input) = gic_input(data) {
         check_built_gic(input);
     }
+}
+
+fn check_decoded_gic(data: &[u8]) {
+    let Ok(state) = GicState::decode(data) else {
+        return;
+    };
+    let again = state.encode();
+    if minor_and_flags(data) == (FORMAT.minor, 0) {
+        assert_eq!(again, data, "a decoded GIC state re-encodes to its input");
+    }
+    assert_eq!(
+        GicState::decode(&again).ok().as_ref(),
+        Some(&state),
+        "a re-encoded GIC state decodes to another"
+    );
+    check_accepted_gic(&state);
 }
 
 fn check_accepted_gic(state: &GicState) {
@@ -244,8 +260,9 @@ fn check_fit(state: &GicState) {
     assert!(state.check_fits(&same, nr + 32).is_err());
 }
 
-/// Decodes `data` as `vcpus.bin` the way restore does (postcard `Vec<VcpuState>`, then
-/// [`unify_counters`] and [`VcpuState::check`] for each vCPU) and checks the result.
+/// Decodes `data` as `vcpus.bin` the way restore does ([`VCPUS`]: the header, a postcard
+/// `Vec<VcpuState>`; then [`unify_counters`] and [`VcpuState::check`] for each vCPU), as given
+/// and with the header's length and checksums made to match, and checks the result.
 ///
 /// A list that decodes must encode to bytes that decode to the same list; aligning the
 /// counters must change nothing but the 8-byte counter values, make them all the latest one
@@ -256,12 +273,19 @@ fn check_fit(state: &GicState) {
 ///
 /// If the decoder panics, or one of those properties breaks.
 pub fn run_refvmm_vcpu_state(data: &[u8]) {
-    let Ok(states) = refvmm::snapshot::decode::<Vec<VcpuState>>("vCPU state", data) else {
+    check_vcpus(data);
+    if let Some(fixed) = with_valid_checksums(data) {
+        check_vcpus(&fixed);
+    }
+}
+
+fn check_vcpus(data: &[u8]) {
+    let Ok(states) = VCPUS.decode::<Vec<VcpuState>>(data) else {
         return;
     };
-    let again = postcard::to_allocvec(&states).expect("a decoded state encodes");
+    let again = VCPUS.encode(&states).expect("a decoded state encodes");
     assert_eq!(
-        refvmm::snapshot::decode::<Vec<VcpuState>>("vCPU state", &again).ok(),
+        VCPUS.decode::<Vec<VcpuState>>(&again).ok(),
         Some(states.clone())
     );
     let before: Vec<bool> = checks(&states);
@@ -315,8 +339,9 @@ fn checks(states: &[VcpuState]) -> Vec<bool> {
         .collect()
 }
 
-/// Decodes `data` as `serial.bin` (postcard [`SerialWire`]) and restores it into a console as
-/// refvmm's restore does.
+/// Decodes `data` as `serial.bin` ([`refvmm::snapshot::SERIAL`]: the header, a postcard
+/// [`SerialWire`]), as given and with the header's length and checksums made to match, and
+/// restores it into a console as refvmm's restore does.
 ///
 /// A console state must restore exactly when its input FIFO fits the 16550's 64 bytes; a
 /// restored console must save the very state it was restored from (also after the guest reads
@@ -328,19 +353,23 @@ fn checks(states: &[VcpuState]) -> Vec<bool> {
 ///
 /// If decoding or restoring panics, or one of those properties breaks.
 pub fn run_refvmm_console_state(data: &[u8]) {
+    check_console(data);
+    if let Some(fixed) = with_valid_checksums(data) {
+        check_console(&fixed);
+    }
+}
+
+fn check_console(data: &[u8]) {
     use refvmm::devices::serial::Console;
     use refvmm::devices::MmioDevice;
-    use refvmm::snapshot::SerialWire;
+    use refvmm::snapshot::{SerialWire, SERIAL};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    let Ok(wire) = refvmm::snapshot::decode::<SerialWire>("console state", data) else {
+    let Ok(wire) = SERIAL.decode::<SerialWire>(data) else {
         return;
     };
-    let again = postcard::to_allocvec(&wire).expect("a decoded state encodes");
-    assert_eq!(
-        refvmm::snapshot::decode::<SerialWire>("console state", &again).ok(),
-        Some(wire.clone())
-    );
+    let again = SERIAL.encode(&wire).expect("a decoded state encodes");
+    assert_eq!(SERIAL.decode::<SerialWire>(&again).ok(), Some(wire.clone()));
     let irq = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
     let restored = Console::from_wire(
         irq.try_clone().expect("a second eventfd handle"),

@@ -22,8 +22,8 @@
 //! module does not cover yet.
 
 pub use super::gic_state::{
-    affinity, ap_count, dist_layout, icc_layout, sysreg, CpuState, Error, GicState, Result,
-    ICC_CTLR_EL1, MAX_CPUS, REDIST_REGS, STATE_VERSION,
+    affinity, ap_count, dist_layout, icc_layout, sysreg, CpuState, Error, GicState, Result, FORMAT,
+    ICC_CTLR_EL1, MAX_CPUS, MAX_PAYLOAD_LEN, REDIST_REGS,
 };
 
 use super::gic_state::{check_nr_irqs, GICD_CTLR, GICR_PENDBASER, GICR_PROPBASER};

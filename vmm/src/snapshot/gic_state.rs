@@ -3,19 +3,33 @@
 //! decoder builds and is fuzzed on any host; saving and restoring through KVM's vgic-v3
 //! device attributes is `super::gic` (aarch64 only), which re-exports everything here.
 //!
-//! Encoding (version [`STATE_VERSION`], all little-endian): version u32, `nr_irqs` u32, the
-//! distributor list, the SPI line levels, the vCPUs; a list is its u32 length then its items
-//! (`(u32 offset, u32 value)` pairs, u32 words, vCPUs as MPIDR u64, redistributor list, PPI
-//! levels u32, CPU interface list of `(u32 encoding, u64 value)`). Every byte is a field, so
-//! the format is canonical: a state decodes from exactly one byte string.
+//! Encoding: the workspace's snapshot header ([`FORMAT`]: magic `REFVMGIC`, version 1.0; see
+//! `docs/snapshot-format.md`), then, all little-endian: `nr_irqs` u32, the distributor list, the
+//! SPI line levels, the vCPUs; a list is its u32 length then its items (`(u32 offset, u32
+//! value)` pairs, u32 words, vCPUs as MPIDR u64, redistributor list, PPI levels u32, CPU
+//! interface list of `(u32 encoding, u64 value)`). Every byte is a field, so the format is
+//! canonical: a state decodes from exactly one byte string of the current version. (Before the
+//! header, `gic.bin` started with a version word, 1, followed by the same fields; the snapshot
+//! reader turns such files into this format.)
 
 use super::kvm_abi;
 use crate::layout;
+use sdei_migration::header::{HeaderError, SnapshotFormat, FLAG_OPTIONAL_ONLY};
 
-/// Format version written by [`GicState::encode`].
-pub const STATE_VERSION: u32 = 1;
 /// Most vCPUs a state may describe (refvmm's own limit).
 pub const MAX_CPUS: usize = layout::MAX_VCPUS as usize;
+/// Largest encoded state (payload) a reader accepts. The largest state [`GicState::check`]
+/// allows (1024 interrupts, [`MAX_CPUS`] vCPUs with 7 priority bits) takes about 66 KiB; the
+/// `gic_state_largest_state_fits_the_cap` test computes it.
+pub const MAX_PAYLOAD_LEN: u64 = 128 << 10;
+/// The header format of `gic.bin`.
+pub const FORMAT: SnapshotFormat = SnapshotFormat {
+    magic: *b"REFVMGIC",
+    major: 1,
+    minor: 0,
+    flags: FLAG_OPTIONAL_ONLY,
+    max_payload_len: MAX_PAYLOAD_LEN,
+};
 
 /// Errors saving, restoring, encoding or decoding GIC state.
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +96,13 @@ pub enum Error {
     /// The encoded state ends early (or a count promises more than the bytes that follow).
     #[error("The encoded GIC state is truncated")]
     Truncated,
-    /// The encoded state has bytes after its end.
+    /// The encoded state has bytes after its end (within a payload of a version this build
+    /// knows).
     #[error("The encoded GIC state has {0} unexpected trailing bytes")]
     TrailingBytes(usize),
-    /// The encoded state has a format version this build does not read.
-    #[error(
-        "The encoded GIC state has format version {0}; this build reads version {STATE_VERSION}"
-    )]
-    UnsupportedVersion(u32),
+    /// The file was refused by the snapshot-header policy.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
 }
 
 /// Result of GIC state operations.
@@ -365,11 +378,10 @@ fn put_list<T>(out: &mut Vec<u8>, items: &[T], mut item: impl FnMut(&mut Vec<u8>
 }
 
 impl GicState {
-    /// Encodes the state: format version, then every field little-endian, lists prefixed by
-    /// their u32 length.
+    /// Encodes the state: the header, then every field little-endian, lists prefixed by their
+    /// u32 length.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&STATE_VERSION.to_le_bytes());
         out.extend_from_slice(&self.nr_irqs.to_le_bytes());
         let pair32 = |o: &mut Vec<u8>, &(k, v): &(u32, u32)| {
             o.extend_from_slice(&k.to_le_bytes());
@@ -388,17 +400,19 @@ impl GicState {
                 o.extend_from_slice(&v.to_le_bytes());
             });
         });
-        out
+        // A state `save` takes is at most the size of the largest one `check` allows, which
+        // fits the cap (`gic_state_largest_state_fits_the_cap`).
+        let mut file = FORMAT.header_for(&out).to_bytes().to_vec();
+        file.append(&mut out);
+        file
     }
 
-    /// Decodes and checks ([`GicState::check`]) an encoded state; never allocates more than
-    /// the input's size.
+    /// Checks the header, then decodes and checks ([`GicState::check`]) the state; never
+    /// allocates more than the input's size. Bytes after the state are refused, unless the
+    /// header is of a newer minor that adds only optional data (which they then are).
     pub fn decode(bytes: &[u8]) -> Result<GicState> {
-        let mut r = Reader(bytes);
-        let version = r.u32()?;
-        if version != STATE_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
+        let (header, payload) = FORMAT.open(bytes)?;
+        let mut r = Reader(payload);
         let nr_irqs = r.u32()?;
         let pair32 = |r: &mut Reader| Ok((r.u32()?, r.u32()?));
         let dist = r.list(8, pair32)?;
@@ -412,7 +426,7 @@ impl GicState {
                 icc: r.list(12, |r| Ok((r.u32()?, r.u64()?)))?,
             })
         })?;
-        if !r.0.is_empty() {
+        if !r.0.is_empty() && !FORMAT.is_newer(&header) {
             return Err(Error::TrailingBytes(r.0.len()));
         }
         let state = GicState {
@@ -491,31 +505,62 @@ mod tests {
         assert_eq!(big.cpus[0].icc.len(), 7 + 2 * 4);
     }
 
+    /// `bytes` (an encoded state) with its payload edited and the header made to match.
+    fn repayload(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        edit(&mut payload);
+        FORMAT.seal(&payload).unwrap()
+    }
+
+    const HEADER_LEN: usize = sdei_migration::header::HEADER_LEN;
+
     #[test]
     fn gic_state_damage_is_refused_with_its_own_error() {
         let bytes = state(64, &[0x8000_0000], 5).encode();
         let decode = |b: &[u8]| GicState::decode(b).unwrap_err();
         assert!(matches!(
             decode(&bytes[..bytes.len() - 1]),
+            Error::Header(HeaderError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode(&repayload(&bytes, |p| p.truncate(p.len() - 1))),
             Error::Truncated
         ));
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(matches!(decode(&longer), Error::TrailingBytes(1)));
-        let mut v2 = bytes.clone();
-        v2[0] = 2;
-        assert!(matches!(decode(&v2), Error::UnsupportedVersion(2)));
-        let mut irqs = bytes.clone();
-        irqs[4] = 65;
+        assert!(matches!(
+            decode(&repayload(&bytes, |p| p.push(0))),
+            Error::TrailingBytes(1)
+        ));
+        let mut magic = bytes.clone();
+        magic[3] = b'X';
+        assert!(matches!(
+            decode(&magic),
+            Error::Header(HeaderError::BadMagic { .. })
+        ));
+        let irqs = repayload(&bytes, |p| p[0] = 65);
         assert!(matches!(decode(&irqs), Error::BadNrIrqs(65)));
-        // The first distributor register's offset (after version, nr_irqs, list length).
-        let mut off = bytes.clone();
-        off[12] ^= 4;
+        // The first distributor register's offset (after nr_irqs and the list length).
+        let off = repayload(&bytes, |p| p[8] ^= 4);
         assert!(matches!(decode(&off), Error::Layout("distributor")));
         // A count far beyond the input is refused before anything is allocated.
-        let mut count = bytes;
-        count[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let count = repayload(&bytes, |p| p[4..8].copy_from_slice(&u32::MAX.to_le_bytes()));
         assert!(matches!(decode(&count), Error::Truncated));
+    }
+
+    #[test]
+    fn gic_state_largest_state_fits_the_cap() {
+        let mpidrs: Vec<u64> = (0..MAX_CPUS as u64).map(|i| 0xff_00ff_ff00 | i).collect();
+        let largest = state(1024, &mpidrs, 7);
+        assert!(largest.check().is_ok());
+
+        let payload = largest.encode().len() - HEADER_LEN;
+
+        println!("largest GIC state: {payload} bytes, cap {MAX_PAYLOAD_LEN}");
+        assert!(payload as u64 <= MAX_PAYLOAD_LEN);
+        assert!(
+            payload as u64 > MAX_PAYLOAD_LEN / 4,
+            "the cap is not wildly loose"
+        );
+        assert_eq!(GicState::decode(&largest.encode()).unwrap(), largest);
     }
 
     #[test]

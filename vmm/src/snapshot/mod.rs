@@ -1,19 +1,25 @@
-//! Snapshot and restore: one directory per snapshot, described by a manifest with a fixed,
-//! self-checking header; every other file listed in the manifest with its length and CRC32.
+//! Snapshot and restore: one directory per snapshot, described by a manifest; every other file
+//! listed in the manifest with its length and CRC32.
 //!
 //! ```text
-//! <dir>/manifest.bin   header (32 bytes) + postcard Manifest
-//! <dir>/vcpus.bin      postcard Vec<VcpuState>     (all KVM_GET_REG_LIST registers, MP state)
-//! <dir>/gic.bin        GICv3 state                  (distributor, redistributors, CPU interfaces)
+//! <dir>/manifest.bin   header + postcard Manifest
+//! <dir>/vcpus.bin      header + postcard Vec<VcpuState>  (all KVM_GET_REG_LIST registers, MP state)
+//! <dir>/gic.bin        header + GICv3 state              (distributor, redistributors, CPU interfaces)
 //! <dir>/memory.bin     guest RAM, raw
-//! <dir>/mte-tags.bin   mte-memory TagSnapshot       (with --mte)
-//! <dir>/sdei.bin       sdei-migration snapshot      (with --sdei)
-//! <dir>/serial.bin     postcard SerialWire          (console registers and input FIFO)
+//! <dir>/mte-tags.bin   mte-memory TagSnapshot            (with --mte; mte-memory's header)
+//! <dir>/sdei.bin       sdei-migration snapshot           (with --sdei; sdei-migration's header)
+//! <dir>/serial.bin     header + postcard SerialWire      (console registers and input FIFO)
 //! ```
-//! Header: magic `REFVMSNP`, format major u16, minor u16, flags u32, payload length u64,
-//! payload CRC32, header CRC32 (of the 28 bytes before it), all little-endian. A newer major or
-//! minor is refused (this format defines no optional data yet); sizes are capped before any
-//! allocation; every component's length and CRC are checked before it is used.
+//! Every file but the raw guest RAM starts with the workspace's one snapshot header (magic,
+//! major, minor, flags, payload length, payload CRC32, header CRC32) and follows its rules
+//! (`docs/snapshot-format.md`), through sdei-migration's implementation of them
+//! ([`sdei_migration::header`]); each format has its own magic and version ([`MANIFEST_FORMAT`],
+//! [`VCPUS`], [`gic_state::FORMAT`], [`SERIAL`]). Sizes are capped before any allocation; every
+//! component's length and CRC are checked against the manifest before it is used.
+//!
+//! Manifest format 1.1 is the first whose vCPU, GIC and console files carry the header; in a
+//! snapshot of format 1.0 they were bare (postcard, and the GIC state behind a version word),
+//! and [`Reader::read`] gives them the header, so the decoders read one format only.
 
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
@@ -24,22 +30,33 @@ pub mod vcpu;
 pub mod vcpu_state;
 
 use crate::config::{CpuFeatures, SeccompMode, VmConfig};
-use serde::{Deserialize, Serialize};
+use sdei_migration::header::{HeaderError, SnapshotFormat, SnapshotHeader, FLAG_OPTIONAL_ONLY};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Manifest magic.
 pub const MAGIC: [u8; 8] = *b"REFVMSNP";
-/// Format major version.
+/// Format major version of the snapshot directory (its manifest).
 pub const FORMAT_MAJOR: u16 = 1;
-/// Format minor version.
-pub const FORMAT_MINOR: u16 = 0;
-/// Header size.
-pub const HEADER_LEN: usize = 32;
+/// Format minor version of the snapshot directory: 1, whose vCPU, GIC and console files carry
+/// the shared header (1.0's did not; [`Reader`] reads both).
+pub const FORMAT_MINOR: u16 = 1;
+/// Header size (the same for every snapshot file).
+pub const HEADER_LEN: usize = sdei_migration::header::HEADER_LEN;
 /// Largest manifest payload.
 pub const MAX_MANIFEST: u64 = 1 << 20;
 /// Largest non-memory component.
 pub const MAX_COMPONENT: u64 = 256 << 20;
+
+/// The manifest's format.
+pub const MANIFEST_FORMAT: SnapshotFormat = SnapshotFormat {
+    magic: MAGIC,
+    major: FORMAT_MAJOR,
+    minor: FORMAT_MINOR,
+    flags: FLAG_OPTIONAL_ONLY,
+    max_payload_len: MAX_MANIFEST,
+};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.bin";
@@ -55,27 +72,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The manifest is shorter than its header says.
-    #[error("Snapshot manifest is truncated ({0} bytes)")]
-    Truncated(usize),
-    /// Not a refvmm snapshot.
-    #[error("Not a refvmm snapshot manifest (bad magic)")]
-    BadMagic,
-    /// Written by a newer refvmm.
-    #[error(
-        "Snapshot format {major}.{minor} is newer than this refvmm understands ({}.{})",
-        FORMAT_MAJOR,
-        FORMAT_MINOR
-    )]
-    Newer {
-        /// Major version found.
-        major: u16,
-        /// Minor version found.
-        minor: u16,
+    /// A snapshot file refused by the snapshot-header policy.
+    #[error("Snapshot {file}: {error}")]
+    Header {
+        /// The file.
+        file: &'static str,
+        /// What the header policy refused.
+        error: HeaderError,
     },
-    /// Unknown flag bits.
-    #[error("Snapshot manifest has unknown flags {0:#x}")]
-    Flags(u32),
     /// A size is beyond the caps.
     #[error("Snapshot {what} is too large ({size} bytes)")]
     Oversized {
@@ -103,6 +107,14 @@ pub enum Error {
     /// A payload does not decode.
     #[error("Snapshot {what} cannot be decoded: {reason}")]
     Decode {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A state does not encode.
+    #[error("Snapshot {what} cannot be encoded: {reason}")]
+    Encode {
         /// What.
         what: &'static str,
         /// Why.
@@ -234,78 +246,56 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// Encodes a manifest with its header.
-pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
-    // Serialising plain structs into a Vec cannot fail.
-    let payload = postcard::to_allocvec(m).unwrap_or_default();
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
-    out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    let hcrc = crc32fast::hash(&out[..28]);
-    out.extend_from_slice(&hcrc.to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>> {
+    let payload = postcard::to_allocvec(m).map_err(|e| Error::Encode {
+        what: "manifest",
+        reason: e.to_string(),
+    })?;
+    MANIFEST_FORMAT
+        .seal(&payload)
+        .map_err(|error| Error::Header {
+            file: MANIFEST,
+            error,
+        })
 }
 
 /// Decodes and checks a manifest.
 pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
-    if bytes.len() < HEADER_LEN {
-        return Err(Error::Truncated(bytes.len()));
+    open_manifest(bytes).map(|(_, m)| m)
+}
+
+/// The largest length the manifest may give component `name` of a VM of `shape`: the guest's
+/// RAM for `memory.bin`, the header and its format's payload cap for the files whose format
+/// refvmm knows (so that no reader allocates more for them), [`MAX_COMPONENT`] otherwise.
+pub fn component_cap(name: &str, shape: &VmShape) -> u64 {
+    let framed = |cap: u64| (HEADER_LEN as u64 + cap).min(MAX_COMPONENT);
+    match name {
+        "memory.bin" => shape.memory,
+        "vcpus.bin" => framed(VCPUS.format.max_payload_len),
+        "gic.bin" => framed(gic_state::FORMAT.max_payload_len),
+        "serial.bin" => framed(SERIAL.format.max_payload_len),
+        "sdei.bin" => framed(sdei_migration::MAX_PAYLOAD_LEN),
+        "mte-tags.bin" => framed(mte_memory::snapshot::header::MAX_PAYLOAD_LEN),
+        _ => MAX_COMPONENT,
     }
-    if bytes[..8] != MAGIC {
-        return Err(Error::BadMagic);
-    }
-    let (major, minor) = (le16(bytes, 8), le16(bytes, 10));
-    if major > FORMAT_MAJOR || (major == FORMAT_MAJOR && minor > FORMAT_MINOR) {
-        return Err(Error::Newer { major, minor });
-    }
-    if le32(bytes, 28) != crc32fast::hash(&bytes[..28]) {
-        return Err(Error::Checksum("manifest header".into()));
-    }
-    let flags = le32(bytes, 12);
-    if flags != 0 {
-        return Err(Error::Flags(flags));
-    }
-    let len = le64(bytes, 16);
-    if len > MAX_MANIFEST {
-        return Err(Error::Oversized {
-            what: "manifest".into(),
-            size: len,
-        });
-    }
-    let payload = &bytes[HEADER_LEN..];
-    if (payload.len() as u64) < len {
-        return Err(Error::Truncated(bytes.len()));
-    }
-    if payload.len() as u64 > len {
-        return Err(Error::Length {
-            name: MANIFEST.into(),
-            expected: HEADER_LEN as u64 + len,
-            actual: bytes.len() as u64,
-        });
-    }
-    if le32(bytes, 24) != crc32fast::hash(payload) {
-        return Err(Error::Checksum("manifest".into()));
-    }
-    let m: Manifest = postcard::from_bytes(payload).map_err(|e| Error::Decode {
-        what: "manifest",
-        reason: e.to_string(),
+}
+
+/// Decodes and checks a manifest, returning its header too.
+fn open_manifest(bytes: &[u8]) -> Result<(SnapshotHeader, Manifest)> {
+    let (header, payload) = MANIFEST_FORMAT.open(bytes).map_err(|error| Error::Header {
+        file: MANIFEST,
+        error,
     })?;
+    let decode_error = |reason: String| Error::Decode {
+        what: "manifest",
+        reason,
+    };
+    let (m, rest): (Manifest, _) =
+        postcard::take_from_bytes(payload).map_err(|e| decode_error(e.to_string()))?;
+    // A newer minor (flagged optional-only) appends what it adds after the manifest.
+    if !rest.is_empty() && !MANIFEST_FORMAT.is_newer(&header) {
+        return Err(decode_error(format!("{} bytes follow it", rest.len())));
+    }
     if m.mpidrs.len() != usize::from(m.shape.cpus) {
         return Err(Error::Invalid(format!(
             "{} MPIDRs for {} vCPUs",
@@ -326,19 +316,109 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest> {
         if !ok_name {
             return Err(Error::Invalid(format!("component name {:?}", c.name)));
         }
-        let cap = if c.name == "memory.bin" {
-            m.shape.memory
-        } else {
-            MAX_COMPONENT
-        };
-        if c.len > cap {
+        if c.len > component_cap(&c.name, &m.shape) {
             return Err(Error::Oversized {
                 what: c.name.clone(),
                 size: c.len,
             });
         }
     }
-    Ok(m)
+    Ok((header, m))
+}
+
+/// A component file holding one postcard-encoded value behind the shared header.
+#[derive(Debug, Clone, Copy)]
+pub struct StateFile {
+    /// What it holds, for messages.
+    pub what: &'static str,
+    /// The file's name in the snapshot directory.
+    pub name: &'static str,
+    /// Its header format.
+    pub format: SnapshotFormat,
+}
+
+/// `vcpus.bin`: a postcard `Vec<`[`vcpu_state::VcpuState`]`>`, one per vCPU in index order.
+pub const VCPUS: StateFile = StateFile {
+    what: "vCPU state",
+    name: "vcpus.bin",
+    format: SnapshotFormat {
+        magic: *b"REFVMCPU",
+        major: 1,
+        minor: 0,
+        flags: FLAG_OPTIONAL_ONLY,
+        max_payload_len: vcpu_state::MAX_ENCODED_LEN,
+    },
+};
+
+/// `serial.bin`: a postcard [`SerialWire`].
+pub const SERIAL: StateFile = StateFile {
+    what: "console state",
+    name: "serial.bin",
+    format: SnapshotFormat {
+        magic: *b"REFVMCON",
+        major: 1,
+        minor: 0,
+        flags: FLAG_OPTIONAL_ONLY,
+        // Nine registers and at most the 16550's 64-byte FIFO take 74 bytes.
+        max_payload_len: 1 << 10,
+    },
+};
+
+impl StateFile {
+    /// The file's bytes for `value`: header, then its postcard encoding.
+    pub fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
+        let payload = postcard::to_allocvec(value).map_err(|e| Error::Encode {
+            what: self.what,
+            reason: e.to_string(),
+        })?;
+        self.format.seal(&payload).map_err(|error| Error::Header {
+            file: self.name,
+            error,
+        })
+    }
+
+    /// Checks the header and decodes the value. Bytes after the value are refused, unless
+    /// the file is of a newer minor that says all it adds is optional: they are that.
+    pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        let (header, payload) = self.format.open(bytes).map_err(|error| Error::Header {
+            file: self.name,
+            error,
+        })?;
+        let decode_error = |reason: String| Error::Decode {
+            what: self.what,
+            reason,
+        };
+        let (value, rest) =
+            postcard::take_from_bytes(payload).map_err(|e| decode_error(e.to_string()))?;
+        if !rest.is_empty() && !self.format.is_newer(&header) {
+            return Err(decode_error(format!("{} bytes follow it", rest.len())));
+        }
+        Ok(value)
+    }
+}
+
+/// A component of a format 1.0 snapshot in the form this build reads: `vcpus.bin`,
+/// `serial.bin` and `gic.bin` had no header in 1.0 (the GIC state had a version word, 1, in
+/// its place), so the header is put in front of what they held. The manifest's length and
+/// CRC have vouched for the bytes already. Other components are returned as they are.
+fn upgrade_v1_0(name: &'static str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let (format, payload) = match name {
+        "vcpus.bin" => (VCPUS.format, &bytes[..]),
+        "serial.bin" => (SERIAL.format, &bytes[..]),
+        "gic.bin" => match bytes.split_first_chunk::<4>() {
+            Some((version, body)) if u32::from_le_bytes(*version) == 1 => (gic_state::FORMAT, body),
+            _ => {
+                return Err(Error::Decode {
+                    what: "GIC state",
+                    reason: "a format 1.0 snapshot's gic.bin must start with version 1".into(),
+                })
+            }
+        },
+        _ => return Ok(bytes),
+    };
+    format
+        .seal(payload)
+        .map_err(|error| Error::Header { file: name, error })
 }
 
 /// Writes a snapshot directory: components first, the manifest last (a directory without a
@@ -444,7 +524,7 @@ impl Writer {
             components: std::mem::take(&mut self.components),
         };
         let components: u64 = m.components.iter().map(|c| c.len).sum();
-        let manifest = encode_manifest(&m);
+        let manifest = encode_manifest(&m)?;
         let (path, mut f) = self.new_file(MANIFEST)?;
         f.write_all(&manifest).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
@@ -585,6 +665,8 @@ pub struct Reader {
     dir: PathBuf,
     /// The checked manifest.
     pub manifest: Manifest,
+    /// The manifest's format minor version: 0 for a snapshot whose state files are bare.
+    minor: u16,
 }
 
 impl Reader {
@@ -597,9 +679,11 @@ impl Reader {
             .take(MAX_MANIFEST + HEADER_LEN as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(io(&path))?;
+        let (header, manifest) = open_manifest(&bytes)?;
         Ok(Reader {
             dir: dir.to_path_buf(),
-            manifest: decode_manifest(&bytes)?,
+            manifest,
+            minor: header.minor,
         })
     }
 
@@ -661,8 +745,9 @@ impl Reader {
     }
 
     /// Reads a whole (small) component, checked. The buffer is allocated only once the file's
-    /// size is known to be the manifest's (at most [`MAX_COMPONENT`]), so a manifest that lies
-    /// about a small file costs no large allocation.
+    /// size is known to be the manifest's (at most [`component_cap`]), so a manifest that lies
+    /// about a small file costs no large allocation. In a snapshot of format 1.0 the bare
+    /// vCPU, GIC and console files are returned with the header this build expects.
     pub fn read(&self, name: &'static str) -> Result<Vec<u8>> {
         let c = self.component(name)?;
         if c.len > MAX_COMPONENT {
@@ -680,6 +765,9 @@ impl Reader {
             out.extend_from_slice(chunk);
             Ok(())
         })?;
+        if self.minor == 0 {
+            return upgrade_v1_0(name, out);
+        }
         Ok(out)
     }
 }
@@ -691,14 +779,6 @@ pub struct SerialWire {
     pub regs: [u8; 9],
     /// Bytes waiting in the receive FIFO.
     pub input: Vec<u8>,
-}
-
-/// Decodes a postcard component.
-pub fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Decode {
-        what,
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -726,57 +806,69 @@ mod tests {
         }
     }
 
+    fn encoded(m: &Manifest) -> Vec<u8> {
+        encode_manifest(m).unwrap()
+    }
+
     #[test]
     fn manifest_round_trips() {
         let m = manifest();
-        assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
+        assert_eq!(decode_manifest(&encoded(&m)).unwrap(), m);
     }
 
     #[test]
-    fn every_kind_of_damage_gets_its_own_error() {
-        let good = encode_manifest(&manifest());
-        assert!(matches!(
-            decode_manifest(&good[..20]),
-            Err(Error::Truncated(20))
-        ));
-        assert!(matches!(
-            decode_manifest(&good[..good.len() - 1]),
-            Err(Error::Truncated(_))
-        ));
-        let mut b = good.clone();
+    fn manifest_is_format_1_1_behind_the_shared_header() {
+        let bytes = encoded(&manifest());
+        let (header, _) = open_manifest(&bytes).unwrap();
+        assert_eq!(&bytes[..8], b"REFVMSNP");
+        assert_eq!((header.major, header.minor, header.flags), (1, 1, 0));
+    }
+
+    #[test]
+    fn header_refusals_name_the_file() {
+        let mut b = encoded(&manifest());
         b[0] = b'X';
-        assert!(matches!(decode_manifest(&b), Err(Error::BadMagic)));
-        let mut b = good.clone();
-        b[8] = 2;
+        let e = decode_manifest(&b).unwrap_err();
         assert!(matches!(
-            decode_manifest(&b),
-            Err(Error::Newer { major: 2, .. })
+            e,
+            Error::Header {
+                file: MANIFEST,
+                error: HeaderError::BadMagic { .. }
+            }
         ));
-        let mut b = good.clone();
-        b[10] = 1;
-        assert!(matches!(
-            decode_manifest(&b),
-            Err(Error::Newer { major: 1, minor: 1 })
-        ));
-        let mut b = good.clone();
-        b[12] = 1;
-        assert!(matches!(decode_manifest(&b), Err(Error::Checksum(_))));
-        let mut b = good.clone();
-        let last = b.len() - 1;
-        b[last] ^= 0xff;
-        assert!(matches!(decode_manifest(&b), Err(Error::Checksum(_))));
-        let mut b = good.clone();
-        b.push(0);
-        assert!(matches!(decode_manifest(&b), Err(Error::Length { .. })));
+        // `cargo xtask scenario snapshot` looks for these words.
+        assert!(
+            e.to_string().contains("manifest.bin: Input has bad magic"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn oversized_lengths_are_refused_before_allocating() {
-        let mut b = encode_manifest(&manifest())[..HEADER_LEN].to_vec();
-        b[16..24].copy_from_slice(&(MAX_MANIFEST + 1).to_le_bytes());
-        let crc = crc32fast::hash(&b[..28]);
-        b[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(decode_manifest(&b), Err(Error::Oversized { .. })));
+    fn bytes_after_the_manifest_are_refused_unless_a_newer_minor_adds_them() {
+        let good = encoded(&manifest());
+        let mut payload = good[HEADER_LEN..].to_vec();
+        payload.extend_from_slice(b"more");
+        let reheader = |minor: u16, flags: u32| {
+            let header = SnapshotHeader {
+                minor,
+                flags,
+                ..MANIFEST_FORMAT.header_for(&payload)
+            };
+            let mut out = header.to_bytes().to_vec();
+            out.extend_from_slice(&payload);
+            out
+        };
+        assert!(matches!(
+            decode_manifest(&reheader(FORMAT_MINOR, 0)),
+            Err(Error::Decode {
+                what: "manifest",
+                ..
+            })
+        ));
+        assert_eq!(
+            decode_manifest(&reheader(FORMAT_MINOR + 1, FLAG_OPTIONAL_ONLY)).unwrap(),
+            manifest()
+        );
     }
 
     #[test]
@@ -784,21 +876,109 @@ mod tests {
         let mut m = manifest();
         m.mpidrs.pop();
         assert!(matches!(
-            decode_manifest(&encode_manifest(&m)),
+            decode_manifest(&encoded(&m)),
             Err(Error::Invalid(_))
         ));
         let mut m = manifest();
         m.components[0].name = "../etc/passwd".into();
         assert!(matches!(
-            decode_manifest(&encode_manifest(&m)),
+            decode_manifest(&encoded(&m)),
             Err(Error::Invalid(_))
         ));
         let mut m = manifest();
         m.components[0].len = (512 << 20) + 1;
         assert!(matches!(
-            decode_manifest(&encode_manifest(&m)),
+            decode_manifest(&encoded(&m)),
             Err(Error::Oversized { .. })
         ));
+    }
+
+    #[test]
+    fn state_files_are_capped_by_their_format_in_the_manifest() {
+        let shape = manifest().shape;
+        for (name, format) in [
+            ("vcpus.bin", VCPUS.format),
+            ("gic.bin", gic_state::FORMAT),
+            ("serial.bin", SERIAL.format),
+        ] {
+            let cap = component_cap(name, &shape);
+            assert_eq!(cap, HEADER_LEN as u64 + format.max_payload_len, "{name}");
+            let mut m = manifest();
+            m.components[0] = Component {
+                name: name.into(),
+                len: cap,
+                crc: 0,
+            };
+            assert!(decode_manifest(&encoded(&m)).is_ok());
+            m.components[0].len = cap + 1;
+            assert!(matches!(
+                decode_manifest(&encoded(&m)),
+                Err(Error::Oversized { .. })
+            ));
+        }
+        assert_eq!(component_cap("notes.txt", &shape), MAX_COMPONENT);
+        assert_eq!(component_cap("mte-tags.bin", &shape), MAX_COMPONENT);
+    }
+
+    #[test]
+    fn state_files_round_trip_and_refuse_each_others_bytes() {
+        let wire = SerialWire {
+            regs: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+            input: b"abc".to_vec(),
+        };
+        let bytes = SERIAL.encode(&wire).unwrap();
+        assert_eq!(&bytes[..8], b"REFVMCON");
+        assert_eq!(SERIAL.decode::<SerialWire>(&bytes).unwrap(), wire);
+        let e = VCPUS
+            .decode::<Vec<vcpu_state::VcpuState>>(&bytes)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Header {
+                file: "vcpus.bin",
+                error: HeaderError::BadMagic { .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn a_state_file_over_its_cap_is_not_written() {
+        let wire = SerialWire {
+            regs: [0; 9],
+            input: vec![0; 2000],
+        };
+        assert!(matches!(
+            SERIAL.encode(&wire),
+            Err(Error::Header {
+                file: "serial.bin",
+                error: HeaderError::Oversized { .. }
+            })
+        ));
+    }
+
+    #[test]
+    fn format_1_0_state_files_get_the_header() {
+        let bare = postcard::to_allocvec(&SerialWire {
+            regs: [9; 9],
+            input: vec![],
+        })
+        .unwrap();
+        let upgraded = upgrade_v1_0("serial.bin", bare.clone()).unwrap();
+        assert_eq!(upgraded[HEADER_LEN..], bare);
+        assert!(SERIAL.decode::<SerialWire>(&upgraded).is_ok());
+        let mut gic = 1u32.to_le_bytes().to_vec();
+        gic.extend_from_slice(b"body");
+        let upgraded = upgrade_v1_0("gic.bin", gic).unwrap();
+        assert_eq!(&upgraded[..8], b"REFVMGIC");
+        assert_eq!(&upgraded[HEADER_LEN..], b"body");
+        assert!(matches!(
+            upgrade_v1_0("gic.bin", 2u32.to_le_bytes().to_vec()),
+            Err(Error::Decode { .. })
+        ));
+        assert_eq!(
+            upgrade_v1_0("sdei.bin", b"as is".to_vec()).unwrap(),
+            b"as is"
+        );
     }
 
     #[test]

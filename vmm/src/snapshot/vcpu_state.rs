@@ -1,16 +1,25 @@
-//! The saved vCPU state (`vcpus.bin`, a postcard `Vec<VcpuState>`): every register
+//! The saved vCPU state (`vcpus.bin`: the shared snapshot header, format
+//! [`super::VCPUS`], then a postcard `Vec<VcpuState>`): every register
 //! `KVM_GET_REG_LIST` names and the MP state, the checks a state must pass before any of it is
 //! written to a vCPU, and the counter alignment applied on restore. Nothing here touches KVM,
 //! so the decoder and the checks build and are fuzzed on any host; saving and restoring through
 //! KVM is `super::vcpu` (aarch64 only), which re-exports everything here.
 
 use super::kvm_abi;
+use crate::layout;
 use serde::{Deserialize, Serialize};
 
 /// Most registers a vCPU state may name (KVM lists a few hundred; SVE adds ~100).
 pub const MAX_REGS: usize = 4096;
 /// Largest single register (SVE Z registers are 2048 bits at most).
 pub const MAX_REG_BYTES: usize = 256;
+/// Largest encoded state of one vCPU that [`VcpuState::check`] accepts: the MP state (a
+/// varint of at most 5 bytes), the register count (2), and [`MAX_REGS`] registers of an id (at
+/// most 10), a length (2) and [`MAX_REG_BYTES`] bytes each.
+pub const MAX_ENCODED_VCPU_LEN: u64 = 5 + 2 + MAX_REGS as u64 * (10 + 2 + MAX_REG_BYTES as u64);
+/// Largest encoded `vcpus.bin` payload a reader accepts: a state of [`MAX_ENCODED_VCPU_LEN`]
+/// for each of refvmm's most vCPUs, and the list's length. (Real ones are a few KiB per vCPU.)
+pub const MAX_ENCODED_LEN: u64 = 1 + layout::MAX_VCPUS as u64 * MAX_ENCODED_VCPU_LEN;
 
 /// The guest's virtual and physical counters (`KVM_REG_ARM_TIMER_CNT`, CNTVCT_EL0, and
 /// `KVM_REG_ARM_PTIMER_CNT`, CNTPCT_EL0), which [`unify_counters`] aligns.
@@ -148,6 +157,26 @@ mod tests {
                 (PTIMER_CNT, pcnt.to_le_bytes().to_vec()),
             ],
         }
+    }
+
+    #[test]
+    fn the_largest_state_check_accepts_fits_the_encoded_size_bound() {
+        // The widest id varint, 256-byte values (size field 8), MP state at its largest.
+        let id = |i: u64| 1 << 63 | 8 << kvm_abi::REG_SIZE_SHIFT | i;
+        let widest = VcpuState {
+            mp_state: u32::MAX,
+            regs: (0..MAX_REGS as u64)
+                .map(|i| (id(i), vec![0xff; 256]))
+                .collect(),
+        };
+        let mut checked = widest.clone();
+        checked.mp_state = 0;
+        assert!(checked.check(0).is_ok());
+
+        let len = postcard::to_allocvec(&widest).unwrap().len() as u64;
+
+        assert!(len <= MAX_ENCODED_VCPU_LEN, "{len}");
+        assert!(len > MAX_ENCODED_VCPU_LEN - 16, "the bound is tight: {len}");
     }
 
     #[cfg(target_arch = "aarch64")]

@@ -1,6 +1,6 @@
 //! Encoding and validating decoding of [`TagSnapshot`] payloads.
 //!
-//! Payload layout (little-endian): kind `u8` (0 full, 1 incremental), 3 reserved zero bytes,
+//! Payload layout (little-endian, the same in formats 1.0 and 1.1): kind `u8` (0 full, 1 incremental), 3 reserved zero bytes,
 //! region count `u32`; then per region: base `u64`, pages `u64`, present-set mode `u8`,
 //! tagged-set mode `u8` (0 empty, 1 all, 2 bitmap), 6 reserved zero bytes, the present bitmap
 //! and the tagged bitmap when their mode is 2 (`ceil(pages / 64)` words each), then 128 bytes
@@ -8,7 +8,7 @@
 
 use vm_memory::GuestAddress;
 
-use super::header::{Header, HEADER_LEN};
+use super::header::{self, HEADER_LEN};
 use super::{
     Error, PageBitmap, PageSet, RegionTags, Result, SnapshotKind, TagSnapshot, PACKED_PAGE_LEN,
 };
@@ -60,7 +60,7 @@ impl TagSnapshot {
             payload.extend_from_slice(&r.packed);
         }
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(&Header::for_payload(&payload).encode());
+        out.extend_from_slice(&header::FORMAT.header_for(&payload).to_bytes());
         out.extend_from_slice(&payload);
         out
     }
@@ -75,8 +75,7 @@ impl TagSnapshot {
 
     /// Decodes and validates an encoded snapshot.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let header = Header::decode(bytes)?;
-        let payload = header.check_payload(bytes)?;
+        let (header, payload) = header::open(bytes)?;
         let mut rd = Reader { buf: payload };
         let kind = match rd.u8()? {
             0 => SnapshotKind::Full,
@@ -103,7 +102,9 @@ impl TagSnapshot {
             }
             regions.push(region);
         }
-        if !rd.buf.is_empty() {
+        // A newer minor (which the header says adds only optional data) puts what it adds
+        // after the last region, where this reader stops.
+        if !rd.buf.is_empty() && !header::FORMAT.is_newer(&header) {
             return Err(Error::Inconsistent("bytes follow the last region"));
         }
         Ok(Self { kind, regions })
@@ -187,7 +188,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.buf.len() {
-            return Err(Error::Truncated {
+            return Err(Error::PayloadTruncated {
                 needed: n as u64,
                 available: self.buf.len() as u64,
             });
@@ -198,7 +199,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take_u64(&mut self, n: u64) -> Result<&'a [u8]> {
-        let n = usize::try_from(n).map_err(|_| Error::Truncated {
+        let n = usize::try_from(n).map_err(|_| Error::PayloadTruncated {
             needed: n,
             available: self.buf.len() as u64,
         })?;

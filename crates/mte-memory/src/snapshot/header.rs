@@ -1,258 +1,165 @@
-//! The fixed header in front of every encoded tag snapshot.
+//! The header in front of every encoded tag snapshot: the workspace's one snapshot-header
+//! policy (`header/policy.rs`, the same code as sdei-migration's; specified in
+//! `docs/snapshot-format.md`) with this format's magic, version and payload cap in [`FORMAT`].
 //!
-//! Layout (32 bytes, little-endian): magic `b"MTETAGS\0"`, format major `u16`, format minor
-//! `u16`, reserved `u32` (zero), payload length `u64`, CRC-32 of the payload `u32`, reserved
-//! `u32` (zero). The header can be read and checked without decoding the payload.
+//! Format 1.1 is the first with a header checksum. Format 1.0 (what this crate wrote before)
+//! had the same layout with the flags and the header checksum reserved as zero; [`parse`] still
+//! reads it: a 1.0 header is recognised by its version and its zero checksum field, must have
+//! zero flags, and has its payload length capped and its payload checked like any other.
 
-use super::{Error, Result};
+mod policy;
+
+pub use policy::{HeaderError, SnapshotFormat, SnapshotHeader, FLAG_OPTIONAL_ONLY, HEADER_LEN};
 
 /// The magic bytes opening an encoded tag snapshot.
 pub const MAGIC: [u8; 8] = *b"MTETAGS\0";
-/// The format major version this crate writes; a newer major is refused.
+/// The format major version this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
-/// The format minor version this crate writes; a newer minor is refused as well.
-pub const FORMAT_MINOR: u16 = 0;
-/// Encoded size of [`Header`].
-pub const HEADER_LEN: usize = 32;
+/// The newest format minor version this crate writes and reads: 1 (1.0 had no header
+/// checksum; this crate reads it too).
+pub const FORMAT_MINOR: u16 = 1;
 /// The largest payload accepted on load (enough for the tags of a 4 TiB guest).
 pub const MAX_PAYLOAD_LEN: u64 = 1 << 37;
 
-/// The readable header of an encoded snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// Format major version.
-    pub major: u16,
-    /// Format minor version.
-    pub minor: u16,
-    /// Length in bytes of the payload that follows the header.
-    pub payload_len: u64,
-    /// CRC-32 (IEEE) of the payload.
-    pub checksum: u32,
+/// The tag-snapshot format: magic `MTETAGS\0`, version 1.1, only [`FLAG_OPTIONAL_ONLY`]
+/// defined, payloads up to [`MAX_PAYLOAD_LEN`].
+pub const FORMAT: SnapshotFormat = SnapshotFormat {
+    magic: MAGIC,
+    major: FORMAT_MAJOR,
+    minor: FORMAT_MINOR,
+    flags: FLAG_OPTIONAL_ONLY,
+    max_payload_len: MAX_PAYLOAD_LEN,
+};
+
+const HEADER_CRC_AT: usize = 28;
+
+/// Reads and checks the header at the start of `bytes`: [`FORMAT`]`.parse`, or a format 1.0
+/// header (see the [module documentation](self)).
+pub fn parse(bytes: &[u8]) -> Result<SnapshotHeader, HeaderError> {
+    match v1_0(bytes) {
+        Some(header) => check_v1_0(header),
+        None => FORMAT.parse(bytes),
+    }
 }
 
-impl Header {
-    /// A header of the current format for `payload`.
-    pub fn for_payload(payload: &[u8]) -> Self {
-        Self {
-            major: FORMAT_MAJOR,
-            minor: FORMAT_MINOR,
-            payload_len: payload.len() as u64,
-            checksum: crc32fast::hash(payload),
-        }
-    }
+/// Checks a whole encoded snapshot: the header ([`parse`]), then exactly the payload it
+/// announces and its CRC-32. Returns the header and the payload.
+pub fn open(bytes: &[u8]) -> Result<(SnapshotHeader, &[u8]), HeaderError> {
+    let header = parse(bytes)?;
+    let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
+    header.check_payload(payload)?;
+    Ok((header, payload))
+}
 
-    /// Encodes the header.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut out = [0u8; HEADER_LEN];
-        out[0..8].copy_from_slice(&MAGIC);
-        out[8..10].copy_from_slice(&self.major.to_le_bytes());
-        out[10..12].copy_from_slice(&self.minor.to_le_bytes());
-        out[16..24].copy_from_slice(&self.payload_len.to_le_bytes());
-        out[24..28].copy_from_slice(&self.checksum.to_le_bytes());
-        out
-    }
+/// The header fields of `bytes` if it starts with a format 1.0 header: the magic, version 1.0
+/// and a zero header-checksum field (a 1.1 header has a zero checksum once in 2^32 headers, and
+/// then still has minor 1). The flags field is returned for [`check_v1_0`] to refuse.
+fn v1_0(bytes: &[u8]) -> Option<SnapshotHeader> {
+    let head: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+    let field = |at: usize, len: usize| head.get(at..at + len);
+    let le16 = |at| Some(u16::from_le_bytes(field(at, 2)?.try_into().ok()?));
+    let le32 = |at| Some(u32::from_le_bytes(field(at, 4)?.try_into().ok()?));
+    let le64 = |at| Some(u64::from_le_bytes(field(at, 8)?.try_into().ok()?));
+    let is_v1_0 = field(0, 8)? == MAGIC
+        && le16(8)? == FORMAT_MAJOR
+        && le16(10)? == 0
+        && le32(HEADER_CRC_AT)? == 0;
+    is_v1_0.then_some(SnapshotHeader {
+        magic: MAGIC,
+        major: FORMAT_MAJOR,
+        minor: 0,
+        flags: le32(12)?,
+        payload_len: le64(16)?,
+        payload_crc: le32(24)?,
+    })
+}
 
-    /// Decodes and validates the header at the start of `bytes` (magic, version, reserved
-    /// fields, payload length cap). The checksum is checked by [`Header::check_payload`].
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let head: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(Error::Truncated {
-                needed: HEADER_LEN as u64,
-                available: bytes.len() as u64,
-            })?;
-        let [m0, m1, m2, m3, m4, m5, m6, m7, a0, a1, i0, i1, r0, r1, r2, r3, l0, l1, l2, l3, l4, l5, l6, l7, c0, c1, c2, c3, s0, s1, s2, s3] =
-            *head;
-        if [m0, m1, m2, m3, m4, m5, m6, m7] != MAGIC {
-            return Err(Error::BadMagic);
-        }
-        let major = u16::from_le_bytes([a0, a1]);
-        let minor = u16::from_le_bytes([i0, i1]);
-        if major > FORMAT_MAJOR {
-            return Err(Error::NewerMajor {
-                found: major,
-                supported: FORMAT_MAJOR,
-            });
-        }
-        if major == FORMAT_MAJOR && minor > FORMAT_MINOR {
-            return Err(Error::NewerMinor {
-                found: minor,
-                supported: FORMAT_MINOR,
-            });
-        }
-        if major < FORMAT_MAJOR {
-            return Err(Error::Inconsistent(
-                "format major version 0 was never written",
-            ));
-        }
-        if u32::from_le_bytes([r0, r1, r2, r3]) != 0 || u32::from_le_bytes([s0, s1, s2, s3]) != 0 {
-            return Err(Error::Inconsistent("reserved header fields are not zero"));
-        }
-        let payload_len = u64::from_le_bytes([l0, l1, l2, l3, l4, l5, l6, l7]);
-        if payload_len > MAX_PAYLOAD_LEN {
-            return Err(Error::Oversized {
-                len: payload_len,
-                max: MAX_PAYLOAD_LEN,
-            });
-        }
-        Ok(Self {
-            major,
-            minor,
-            payload_len,
-            checksum: u32::from_le_bytes([c0, c1, c2, c3]),
-        })
+/// Format 1.0's rules: its flags field was reserved as zero; the payload cap is the same.
+fn check_v1_0(header: SnapshotHeader) -> Result<SnapshotHeader, HeaderError> {
+    if header.flags != 0 {
+        return Err(HeaderError::UnknownFlags(header.flags));
     }
-
-    /// Returns the payload following the header in `bytes` after checking its length and
-    /// checksum. Bytes after the payload are refused.
-    pub fn check_payload<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8]> {
-        let rest = bytes.get(HEADER_LEN..).unwrap_or_default();
-        let available = rest.len() as u64;
-        if available < self.payload_len {
-            return Err(Error::Truncated {
-                needed: self.payload_len,
-                available,
-            });
-        }
-        if available > self.payload_len {
-            return Err(Error::Inconsistent("bytes follow the payload"));
-        }
-        let actual = crc32fast::hash(rest);
-        if actual != self.checksum {
-            return Err(Error::BadChecksum {
-                expected: self.checksum,
-                actual,
-            });
-        }
-        Ok(rest)
+    if header.payload_len > MAX_PAYLOAD_LEN {
+        return Err(HeaderError::Oversized {
+            len: header.payload_len,
+            max: MAX_PAYLOAD_LEN,
+        });
     }
+    Ok(header)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn encoded(payload: &[u8]) -> Vec<u8> {
-        let mut out = Header::for_payload(payload).encode().to_vec();
+    /// A format 1.0 header, as this crate wrote it before 1.1: no flags, no header checksum.
+    fn v1_0_file(payload: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(payload);
         out
     }
 
     #[test]
-    fn header_round_trips() {
-        let bytes = encoded(b"payload");
+    fn current_files_are_format_1_1_with_a_header_checksum() {
+        let file = FORMAT.seal(b"payload").unwrap();
 
-        let header = Header::decode(&bytes).unwrap();
+        let (header, payload) = open(&file).unwrap();
 
-        assert_eq!(header, Header::for_payload(b"payload"));
-        assert_eq!(header.check_payload(&bytes).unwrap(), b"payload");
+        assert_eq!((header.major, header.minor), (1, 1));
+        assert_ne!(file[28..32], [0; 4]);
+        assert_eq!(payload, b"payload");
     }
 
     #[test]
-    fn short_input_is_truncated() {
-        let bytes = encoded(b"payload");
+    fn format_1_0_files_still_open() {
+        let file = v1_0_file(b"payload");
 
-        let result = Header::decode(&bytes[..HEADER_LEN - 1]);
+        let (header, payload) = open(&file).unwrap();
 
+        assert_eq!((header.minor, header.flags), (0, 0));
+        assert_eq!(payload, b"payload");
+    }
+
+    #[test]
+    fn format_1_0_files_are_checked_like_any_other() {
+        let mut flags = v1_0_file(b"p");
+        flags[12] = 1;
+        let mut oversized = v1_0_file(b"p");
+        oversized[16..24].copy_from_slice(&(MAX_PAYLOAD_LEN + 1).to_le_bytes());
+        let mut damaged = v1_0_file(b"p");
+        damaged[HEADER_LEN] ^= 1;
+        let mut magic = v1_0_file(b"p");
+        magic[0] = b'X';
+
+        assert_eq!(open(&flags), Err(HeaderError::UnknownFlags(1)));
         assert!(matches!(
-            result,
-            Err(Error::Truncated {
-                needed: 32,
-                available: 31
-            })
+            open(&oversized),
+            Err(HeaderError::Oversized { .. })
         ));
-    }
-
-    #[test]
-    fn wrong_magic_is_bad_magic() {
-        let mut bytes = encoded(b"p");
-        bytes[0] ^= 0xff;
-
-        assert!(matches!(Header::decode(&bytes), Err(Error::BadMagic)));
-    }
-
-    #[test]
-    fn newer_major_is_refused() {
-        let mut bytes = encoded(b"p");
-        bytes[8..10].copy_from_slice(&(FORMAT_MAJOR + 1).to_le_bytes());
-
         assert!(matches!(
-            Header::decode(&bytes),
-            Err(Error::NewerMajor { found, supported: FORMAT_MAJOR }) if found == FORMAT_MAJOR + 1
+            open(&damaged),
+            Err(HeaderError::PayloadChecksumMismatch { .. })
         ));
+        assert!(matches!(open(&magic), Err(HeaderError::BadMagic { .. })));
+        let mut trailing = v1_0_file(b"p");
+        trailing.extend_from_slice(&[0; 7]);
+        assert_eq!(open(&trailing), Err(HeaderError::TrailingBytes(7)));
     }
 
     #[test]
-    fn newer_minor_is_refused() {
-        let mut bytes = encoded(b"p");
-        bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
+    fn a_damaged_checksum_field_is_not_taken_for_format_1_0() {
+        let mut file = v1_0_file(b"p");
+        file[29] = 0x10;
 
         assert!(matches!(
-            Header::decode(&bytes),
-            Err(Error::NewerMinor { found, supported: FORMAT_MINOR }) if found == FORMAT_MINOR + 1
-        ));
-    }
-
-    #[test]
-    fn huge_payload_length_is_oversized_before_reading_it() {
-        let mut bytes = encoded(b"p");
-        bytes[16..24].copy_from_slice(&(MAX_PAYLOAD_LEN + 1).to_le_bytes());
-
-        assert!(matches!(
-            Header::decode(&bytes),
-            Err(Error::Oversized { .. })
-        ));
-    }
-
-    #[test]
-    fn non_zero_reserved_field_is_inconsistent() {
-        let mut bytes = encoded(b"p");
-        bytes[12] = 1;
-
-        assert!(matches!(
-            Header::decode(&bytes),
-            Err(Error::Inconsistent(_))
-        ));
-    }
-
-    #[test]
-    fn missing_payload_bytes_are_truncated() {
-        let bytes = encoded(b"payload");
-        let header = Header::decode(&bytes).unwrap();
-
-        let result = header.check_payload(&bytes[..bytes.len() - 2]);
-
-        assert!(matches!(
-            result,
-            Err(Error::Truncated {
-                needed: 7,
-                available: 5
-            })
-        ));
-    }
-
-    #[test]
-    fn flipped_payload_bit_is_bad_checksum() {
-        let mut bytes = encoded(b"payload");
-        let header = Header::decode(&bytes).unwrap();
-        bytes[HEADER_LEN] ^= 1;
-
-        assert!(matches!(
-            header.check_payload(&bytes),
-            Err(Error::BadChecksum { .. })
-        ));
-    }
-
-    #[test]
-    fn trailing_bytes_are_inconsistent() {
-        let mut bytes = encoded(b"payload");
-        bytes.push(0);
-        let header = Header::decode(&bytes).unwrap();
-
-        assert!(matches!(
-            header.check_payload(&bytes),
-            Err(Error::Inconsistent(_))
+            open(&file),
+            Err(HeaderError::HeaderChecksumMismatch { .. })
         ));
     }
 }

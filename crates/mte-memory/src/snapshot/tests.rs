@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::header::{Header, HEADER_LEN, MAX_PAYLOAD_LEN};
+use super::header::{HeaderError, FORMAT, HEADER_LEN, MAX_PAYLOAD_LEN};
 use super::*;
 use crate::software::SoftwareTagStore;
 
@@ -44,9 +44,7 @@ fn all_tags(store: &SoftwareTagStore) -> Vec<u8> {
 fn reseal(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut payload = bytes[HEADER_LEN..].to_vec();
     edit(&mut payload);
-    let mut out = Header::for_payload(&payload).encode().to_vec();
-    out.extend(payload);
-    out
+    FORMAT.seal(&payload).unwrap()
 }
 
 #[test]
@@ -179,7 +177,10 @@ fn truncated_snapshot_is_truncated() {
 
     let result = TagSnapshot::decode(&bytes[..bytes.len() - 1]);
 
-    assert!(matches!(result, Err(Error::Truncated { .. })));
+    assert!(matches!(
+        result,
+        Err(Error::Header(HeaderError::Truncated { .. }))
+    ));
 }
 
 #[test]
@@ -192,7 +193,7 @@ fn corrupted_tag_byte_is_bad_checksum() {
 
     assert!(matches!(
         TagSnapshot::decode(&bytes),
-        Err(Error::BadChecksum { .. })
+        Err(Error::Header(HeaderError::PayloadChecksumMismatch { .. }))
     ));
 }
 
@@ -200,7 +201,10 @@ fn corrupted_tag_byte_is_bad_checksum() {
 fn foreign_file_is_bad_magic() {
     let bytes = b"\x7fELF\x02\x01\x01\0 not a tag snapshot at all, just bytes".to_vec();
 
-    assert!(matches!(TagSnapshot::decode(&bytes), Err(Error::BadMagic)));
+    assert!(matches!(
+        TagSnapshot::decode(&bytes),
+        Err(Error::Header(HeaderError::BadMagic { .. }))
+    ));
 }
 
 #[test]
@@ -208,18 +212,21 @@ fn newer_versions_are_refused_with_distinct_errors() {
     let bytes = TagSnapshot::capture_full(&store_with_tagged(&[]), &layout())
         .unwrap()
         .encode();
-    let mut major = bytes.clone();
-    major[8] += 1;
-    let mut minor = bytes;
-    minor[10] += 1;
+    let reseal = |at: usize| {
+        let mut b = bytes.clone();
+        b[at] += 1;
+        let crc = crc32fast::hash(&b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
 
     assert!(matches!(
-        TagSnapshot::decode(&major),
-        Err(Error::NewerMajor { .. })
+        TagSnapshot::decode(&reseal(8)),
+        Err(Error::Header(HeaderError::UnsupportedMajor { .. }))
     ));
     assert!(matches!(
-        TagSnapshot::decode(&minor),
-        Err(Error::NewerMinor { .. })
+        TagSnapshot::decode(&reseal(10)),
+        Err(Error::Header(HeaderError::UnsupportedMinor { .. }))
     ));
 }
 
@@ -229,10 +236,12 @@ fn oversized_payload_length_is_refused_before_allocation() {
         .unwrap()
         .encode();
     bytes[16..24].copy_from_slice(&(MAX_PAYLOAD_LEN * 2).to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
 
     assert!(matches!(
-        TagSnapshot::decode(&bytes),
-        Err(Error::Oversized { .. })
+        TagSnapshot::decode(&bytes[..HEADER_LEN]),
+        Err(Error::Header(HeaderError::Oversized { .. }))
     ));
 }
 
@@ -282,7 +291,7 @@ fn bitmap_larger_than_input_is_truncated_not_allocated() {
 
     assert!(matches!(
         TagSnapshot::decode(&crafted),
-        Err(Error::Truncated { .. })
+        Err(Error::PayloadTruncated { .. })
     ));
 }
 
@@ -422,8 +431,7 @@ proptest! {
     fn arbitrary_payload_behind_valid_header_never_panics(
         payload in proptest::collection::vec(any::<u8>(), 0..512),
     ) {
-        let mut bytes = Header::for_payload(&payload).encode().to_vec();
-        bytes.extend(&payload);
+        let bytes = FORMAT.seal(&payload).unwrap();
 
         if let Ok(snap) = TagSnapshot::decode(&bytes) {
             prop_assert_eq!(TagSnapshot::decode(&snap.encode()).unwrap(), snap);

@@ -167,4 +167,5 @@ fn raw_manifest() -> Vec<u8> {
         })
         .collect(),
     })
+    .expect("the manifest encodes")
 }

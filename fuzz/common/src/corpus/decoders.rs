@@ -6,6 +6,7 @@ use mte_memory::{
 };
 use vm_memory::GuestAddress;
 
+use super::headers::header_seeds;
 use super::sequences::sdei_sequence_ops;
 use super::Seed;
 use crate::router::{RouterInput, REGISTERS};
@@ -151,8 +152,11 @@ pub fn router_seeds() -> Vec<Seed> {
     seeds
 }
 
+/// What a newer minor of a format that takes any bytes after its data could append.
+pub(super) const NEWER_DATA: &[u8] = b"optional data of a newer minor";
+
 /// Snapshots of live dispatchers (idle, and after each SDEI sequence seed), the golden
-/// v1.0 file, and damaged copies.
+/// v1.0 file, and the shared header damage (a newer minor with an optional section).
 pub fn sdei_snapshot_seeds() -> Vec<Seed> {
     let t = "sdei_snapshot_decode";
     let golden = include_bytes!("../../../../crates/sdei-migration/tests/golden/sdei-v1.0.bin");
@@ -166,57 +170,9 @@ pub fn sdei_snapshot_seeds() -> Vec<Seed> {
         let bytes = sdei_migration::save(model.dispatcher()).expect("a live dispatcher saves");
         seeds.push(Seed::new(t, format!("after-{name}"), bytes));
     }
-    seeds.push(Seed::new(t, "empty", Vec::new()));
-    seeds.push(Seed::new(
-        t,
-        "header-only",
-        golden[..sdei_migration::HEADER_LEN].to_vec(),
-    ));
-    seeds.push(Seed::new(
-        t,
-        "truncated",
-        golden[..golden.len() / 2].to_vec(),
-    ));
-    let mut flipped = golden.to_vec();
-    if let Some(byte) = flipped.get_mut(sdei_migration::HEADER_LEN + 3) {
-        *byte ^= 0x10;
-    }
-    seeds.push(Seed::new(t, "payload-bit-flip", flipped));
-    let mut newer = idle.clone();
-    newer[10] = 1; // Minor 1 without the optional-only flag.
-    seeds.push(Seed::new(t, "newer-minor", newer));
-    let payload = &idle[sdei_migration::HEADER_LEN..];
-    let header = |major, minor, flags, payload_len| {
-        let head = sdei_migration::SnapshotHeader {
-            major,
-            minor,
-            flags,
-            payload_len,
-            payload_crc: crc32fast::hash(payload),
-        };
-        [head.to_bytes().as_slice(), payload].concat()
-    };
-    let len = payload.len() as u64;
-    let optional = sdei_migration::FLAG_OPTIONAL_ONLY;
-    seeds.push(Seed::new(
-        t,
-        "newer-minor-optional-only",
-        header(1, 1, optional, len),
-    ));
-    seeds.push(Seed::new(
-        t,
-        "unknown-flags",
-        header(1, 0, 0x8000_0000, len),
-    ));
-    seeds.push(Seed::new(t, "oversized-payload", header(1, 0, 0, 1 << 40)));
-    seeds.push(Seed::new(t, "newer-major", header(2, 0, 0, len)));
-    let mut magic = idle.clone();
-    magic[0] = b'X';
-    seeds.push(Seed::new(t, "bad-magic", magic));
-    seeds.push(Seed::new(t, "short-header", idle[..12].to_vec()));
-    let mut trailing = idle;
-    trailing.push(0);
-    seeds.push(Seed::new(t, "trailing-byte", trailing));
+    // A newer minor's optional data: one optional section (tag 7, 3 bytes).
+    let section = [7, 0, 3, 0, 0, 0, b'n', b'e', b'w'];
+    seeds.extend(header_seeds(t, &idle, &section));
     seeds
 }
 
@@ -224,7 +180,7 @@ pub fn sdei_snapshot_seeds() -> Vec<Seed> {
 /// fix-up makes the damaged payload reach the decoder).
 fn patched(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
-    let at = mte_memory::snapshot::header::HEADER_LEN + at;
+    let at = crate::header::HEADER_LEN + at;
     out[at..at + value.len()].copy_from_slice(value);
     out
 }
@@ -239,7 +195,8 @@ fn tag_pattern(store: &mut SoftwareTagStore, base: u64, page: u64, seed: u8) {
 }
 
 /// Full and incremental tag snapshots of [`SoftwareTagStore`]s with and without tags, over
-/// one and several regions, and damaged copies.
+/// one and several regions, the golden format 1.0 files, the shared header damage, and
+/// damaged payloads.
 pub fn mte_snapshot_seeds() -> Vec<Seed> {
     let t = "mte_tag_snapshot_decode";
     let a = 0x4000_0000u64;
@@ -297,28 +254,25 @@ pub fn mte_snapshot_seeds() -> Vec<Seed> {
     seeds.push(Seed::new(t, "no-regions", zero_regions.encode()));
 
     let good = full_some.encode();
-    seeds.push(Seed::new(t, "empty", Vec::new()));
-    seeds.push(Seed::new(t, "truncated", good[..good.len() / 2].to_vec()));
-    let mut flipped = good.clone();
-    if let Some(byte) = flipped.last_mut() {
-        *byte ^= 0x01;
-    }
-    seeds.push(Seed::new(t, "payload-bit-flip", flipped));
-    let mut newer = good.clone();
-    newer[8] = 2; // Major version 2.
-    seeds.push(Seed::new(t, "newer-major", newer));
-    let header_damage: [(&str, usize, &[u8]); 5] = [
-        ("bad-magic", 0, b"X"),
-        ("newer-minor", 10, &[1]),
-        ("major-zero", 8, &[0]),
-        ("reserved-header", 12, &[1]),
-        ("oversized-payload", 16, &[0, 0, 0, 0, 0, 1]),
+    seeds.extend(header_seeds(t, &good, NEWER_DATA));
+    let golden = [
+        (
+            "golden-v1.0-full",
+            &include_bytes!("../../../../crates/mte-memory/tests/golden/mte-tags-v1.0-full.bin")[..],
+        ),
+        (
+            "golden-v1.0-incremental",
+            &include_bytes!(
+                "../../../../crates/mte-memory/tests/golden/mte-tags-v1.0-incremental.bin"
+            )[..],
+        ),
     ];
-    for (name, at, value) in header_damage {
-        let mut bytes = good.clone();
-        bytes[at..at + value.len()].copy_from_slice(value);
-        seeds.push(Seed::new(t, name, bytes));
+    for (name, bytes) in golden {
+        seeds.push(Seed::new(t, name, bytes.to_vec()));
     }
+    let mut reserved = golden[0].1.to_vec();
+    reserved[12] = 1; // Format 1.0's flags were reserved as zero.
+    seeds.push(Seed::new(t, "v1.0-reserved-flags", reserved));
     // Payload offsets: kind 0, reserved 1..4, count 4..8; first region: base 8..16,
     // pages 16..24, present mode 24, tagged mode 25, reserved 26..32.
     let all = full_all.encode();
@@ -348,15 +302,12 @@ pub fn mte_snapshot_seeds() -> Vec<Seed> {
     let reversed = [two[1], two[0]];
     let out_of_order = TagSnapshot::capture_full(&some, &reversed).expect("capture");
     seeds.push(Seed::new(t, "regions-out-of-order", out_of_order.encode()));
-    let mut trailing = all;
-    trailing.push(0);
-    seeds.push(Seed::new(t, "trailing-byte", trailing));
     seeds
 }
 
 /// refvmm snapshot manifests: the shapes refvmm writes (one and four vCPUs, with and without
-/// MTE and SDEI), and damaged copies (truncated, a flipped payload byte, bad magic, a newer
-/// version, a header that lies about the length).
+/// MTE and SDEI), the golden format 1.0 manifest, the shared header damage, and a header that
+/// lies about the length.
 pub fn refvmm_manifest_seeds() -> Vec<Seed> {
     use refvmm::snapshot::{encode_manifest, Component, Manifest, VmShape};
     let manifest = |cpus: u8, memory: u64, mte: bool, sdei: bool| {
@@ -395,39 +346,20 @@ pub fn refvmm_manifest_seeds() -> Vec<Seed> {
                 .collect(),
         }
     };
-    let small = encode_manifest(&manifest(1, 64 << 20, false, false));
-    let full = encode_manifest(&manifest(2, 512 << 20, true, true));
-    let big = encode_manifest(&manifest(4, 4 << 30, true, false));
+    let small = encode_manifest(&manifest(1, 64 << 20, false, false)).expect("encodes");
+    let full = encode_manifest(&manifest(2, 512 << 20, true, true)).expect("encodes");
+    let big = encode_manifest(&manifest(4, 4 << 30, true, false)).expect("encodes");
+    let t = "refvmm_snapshot_manifest";
+    let golden = include_bytes!("../../../../vmm/tests/golden/snapshot-v1.0/manifest.bin");
     let mut seeds = vec![
-        Seed::new("refvmm_snapshot_manifest", "one-vcpu", small.clone()),
-        Seed::new(
-            "refvmm_snapshot_manifest",
-            "two-vcpus-mte-sdei",
-            full.clone(),
-        ),
-        Seed::new("refvmm_snapshot_manifest", "four-vcpus-4g", big),
-        Seed::new("refvmm_snapshot_manifest", "empty", Vec::new()),
-        Seed::new(
-            "refvmm_snapshot_manifest",
-            "header-only",
-            full[..refvmm::snapshot::HEADER_LEN].to_vec(),
-        ),
-        Seed::new(
-            "refvmm_snapshot_manifest",
-            "truncated",
-            full[..full.len() - 3].to_vec(),
-        ),
+        Seed::new(t, "one-vcpu", small),
+        Seed::new(t, "two-vcpus-mte-sdei", full.clone()),
+        Seed::new(t, "four-vcpus-4g", big),
+        Seed::new(t, "golden-v1.0", golden.to_vec()),
     ];
-    let mut damage = |name: &str, at: usize, value: u8| {
-        let mut d = full.clone();
-        d[at] = value;
-        seeds.push(Seed::new("refvmm_snapshot_manifest", name, d));
-    };
-    damage("bad-magic", 0, b'X');
-    damage("newer-major", 8, 2);
-    damage("newer-minor", 10, 1);
-    damage("unknown-flags", 12, 1);
-    damage("length-lies", 16, 0xff);
-    damage("payload-byte-flipped", full.len() - 1, 0x5a);
+    seeds.extend(header_seeds(t, &full, NEWER_DATA));
+    let mut lying = full.clone();
+    lying[crate::header::LEN_AT] = 0xff;
+    seeds.push(Seed::new(t, "length-lies", lying));
     seeds
 }

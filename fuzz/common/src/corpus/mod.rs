@@ -8,6 +8,7 @@
 
 mod components;
 mod decoders;
+mod headers;
 mod mmio;
 mod parsers;
 mod sequences;

@@ -1,9 +1,13 @@
 //! Seeds for the saved-state targets: `gic.bin`, `vcpus.bin` and `serial.bin` as refvmm writes
 //! them, and damaged copies aimed at each check.
 
+use super::decoders::NEWER_DATA;
+use super::headers::header_seeds;
 use super::Seed;
+use crate::header::HEADER_LEN;
 use crate::refvmm_state::gic_input;
 use refvmm::snapshot::vcpu_state::{VcpuState, COUNTERS};
+use refvmm::snapshot::{SERIAL, VCPUS};
 
 /// The structured part of a `refvmm_gic_state` input: interrupts / 32, vCPUs, damage, where,
 /// then values.
@@ -16,9 +20,10 @@ fn gic_shape(irqs32: u8, cpus: u8, damage: u8, at: u8) -> Vec<u8> {
 }
 
 /// GIC states: refvmm's own shape (128 interrupts) with one and four vCPUs, the smallest and
-/// largest GICv3, each number of priority bits, damaged encodings (truncated, trailing bytes,
-/// another version, a count beyond the input, a moved register, a wrong interrupt count) and
-/// structured inputs for each kind of damage.
+/// largest GICv3, each number of priority bits, the golden format 1.0 snapshot's state as
+/// this format holds it, the shared header damage, damaged payloads (a count beyond the input,
+/// a moved register, a wrong interrupt count, a byte after the state: the target's checksum
+/// fix-up makes them reach the decoder) and structured inputs for each kind of damage.
 pub fn gic_state_seeds() -> Vec<Seed> {
     const T: &str = "refvmm_gic_state";
     let encoded = |irqs32: u8, cpus: u8, values: &[u8]| {
@@ -46,23 +51,26 @@ pub fn gic_state_seeds() -> Vec<Seed> {
             encoded(3, 3, &[0x06, 0x07]),
         ),
         Seed::new(T, "no-vcpus", encoded(4, 0, &[1])),
-        Seed::new(T, "empty", Vec::new()),
-        Seed::new(T, "version-only", 1u32.to_le_bytes().to_vec()),
-        Seed::new(T, "truncated", refvmm_1[..refvmm_1.len() - 5].to_vec()),
+        Seed::new(T, "nr-irqs-only", SnapshotFile::gic(&128u32.to_le_bytes())),
     ];
+    seeds.extend(header_seeds(T, &refvmm_1, NEWER_DATA));
+    // Payload offsets: nr_irqs 0, distributor count 4, first (offset, value) pair 8.
     let mut patch = |name: &str, at: usize, value: &[u8]| {
         let mut d = refvmm_1.clone();
-        d[at..at + value.len()].copy_from_slice(value);
+        d[HEADER_LEN + at..HEADER_LEN + at + value.len()].copy_from_slice(value);
         seeds.push(Seed::new(T, name, d));
     };
-    patch("version-2", 0, &2u32.to_le_bytes());
-    patch("96-irqs-with-128-irq-registers", 4, &96u32.to_le_bytes());
-    patch("65-irqs", 4, &65u32.to_le_bytes());
-    patch("dist-count-beyond-input", 8, &u32::MAX.to_le_bytes());
-    patch("moved-dist-register", 12, &0x84u32.to_le_bytes());
-    let mut trailing = refvmm_1;
-    trailing.push(0);
-    seeds.push(Seed::new(T, "trailing-byte", trailing));
+    patch("96-irqs-with-128-irq-registers", 0, &96u32.to_le_bytes());
+    patch("65-irqs", 0, &65u32.to_le_bytes());
+    patch("dist-count-beyond-input", 4, &u32::MAX.to_le_bytes());
+    patch("moved-dist-register", 8, &0x84u32.to_le_bytes());
+    let mut extra = refvmm_1[HEADER_LEN..].to_vec();
+    extra.push(0);
+    seeds.push(Seed::new(
+        T,
+        "byte-after-the-state",
+        SnapshotFile::gic(&extra),
+    ));
     for (damage, name) in [
         "drop-dist",
         "move-dist",
@@ -148,7 +156,7 @@ fn vcpu(index: u64, counter: u64, mp_state: u32, sve: bool) -> VcpuState {
 /// twice, an impossible size field, truncated, trailing bytes, an empty list).
 pub fn vcpu_state_seeds() -> Vec<Seed> {
     const T: &str = "refvmm_vcpu_state";
-    let enc = |states: &[VcpuState]| postcard::to_allocvec(states).expect("encodes");
+    let enc = |states: &[VcpuState]| VCPUS.encode(states).expect("encodes");
     let one = vec![vcpu(0, 5_000_000, 0, false)];
     let two = vec![vcpu(0, 7_000_000, 0, false), vcpu(1, 6_999_000, 1, false)];
     let four: Vec<_> = (0..4)
@@ -172,9 +180,9 @@ pub fn vcpu_state_seeds() -> Vec<Seed> {
     let mut huge = one.clone();
     huge[0].regs.push((id(15, CORE), vec![0; 4]));
     let one_enc = enc(&one);
-    let mut trailing = one_enc.clone();
-    trailing.extend_from_slice(b"extra");
-    vec![
+    let mut extra = one_enc[HEADER_LEN..].to_vec();
+    extra.extend_from_slice(b"extra");
+    let mut seeds = vec![
         Seed::new(T, "one-vcpu", one_enc.clone()),
         Seed::new(T, "two-vcpus-counters-differ", enc(&two)),
         Seed::new(T, "four-vcpus", enc(&four)),
@@ -184,16 +192,34 @@ pub fn vcpu_state_seeds() -> Vec<Seed> {
         Seed::new(T, "counter-saved-twice", enc(&twice)),
         Seed::new(T, "size-field-32k", enc(&huge)),
         Seed::new(T, "no-vcpus", enc(&[])),
-        Seed::new(T, "empty", Vec::new()),
-        Seed::new(T, "truncated", one_enc[..one_enc.len() / 2].to_vec()),
-        Seed::new(T, "trailing-bytes", trailing),
-    ]
+        Seed::new(T, "half", one_enc[..one_enc.len() / 2].to_vec()),
+        Seed::new(T, "bytes-after-the-states", SnapshotFile::vcpus(&extra)),
+    ];
+    seeds.extend(header_seeds(T, &one_enc, NEWER_DATA));
+    seeds
+}
+
+/// A state file around a payload of any bytes, with a header that matches them.
+struct SnapshotFile;
+
+impl SnapshotFile {
+    fn gic(payload: &[u8]) -> Vec<u8> {
+        refvmm::snapshot::gic_state::FORMAT
+            .seal(payload)
+            .expect("small")
+    }
+    fn vcpus(payload: &[u8]) -> Vec<u8> {
+        VCPUS.format.seal(payload).expect("small")
+    }
+    fn serial(payload: &[u8]) -> Vec<u8> {
+        SERIAL.format.seal(payload).expect("small")
+    }
 }
 
 /// Console states: saved from consoles driven through the states a guest leaves them in (fresh,
 /// Linux's 8250 set-up, input waiting, a pending transmitter-empty or received-data interrupt,
-/// loopback, the divisor latch open, a full FIFO), and refused or damaged ones (65 bytes of
-/// input, truncated, trailing bytes, empty).
+/// loopback, the divisor latch open, a full FIFO), refused ones (65 bytes of input, a byte
+/// after the state) and the shared header damage.
 pub fn console_state_seeds() -> Vec<Seed> {
     use refvmm::devices::serial::Console;
     use refvmm::devices::MmioDevice;
@@ -206,7 +232,7 @@ pub fn console_state_seeds() -> Vec<Seed> {
             c.write(off, &[v]);
         }
         c.enqueue_input(input);
-        postcard::to_allocvec(&c.to_wire()).expect("encodes")
+        SERIAL.encode(&c.to_wire()).expect("encodes")
     };
     let linux = [
         (3, 0x80),
@@ -218,13 +244,12 @@ pub fn console_state_seeds() -> Vec<Seed> {
     ];
     let with = |extra: &[(u64, u8)]| [&linux[..], extra].concat();
     let full = saved(&linux, &[b'z'; 64]);
-    let mut overfull_wire: refvmm::snapshot::SerialWire =
-        refvmm::snapshot::decode("console state", &full).expect("decodes");
+    let mut overfull_wire: refvmm::snapshot::SerialWire = SERIAL.decode(&full).expect("decodes");
     overfull_wire.input.push(b'!');
-    let overfull = postcard::to_allocvec(&overfull_wire).expect("encodes");
-    let mut trailing = full.clone();
-    trailing.push(0);
-    vec![
+    let overfull = SERIAL.encode(&overfull_wire).expect("encodes");
+    let mut extra = full[HEADER_LEN..].to_vec();
+    extra.push(0);
+    let mut seeds = vec![
         Seed::new(T, "fresh", saved(&[], b"")),
         Seed::new(T, "linux-8250", saved(&linux, b"")),
         Seed::new(T, "input-waiting", saved(&linux, b"ls -l\n")),
@@ -247,8 +272,8 @@ pub fn console_state_seeds() -> Vec<Seed> {
         ),
         Seed::new(T, "fifo-full", full.clone()),
         Seed::new(T, "fifo-65-bytes", overfull),
-        Seed::new(T, "truncated", full[..20].to_vec()),
-        Seed::new(T, "trailing-byte", trailing),
-        Seed::new(T, "empty", Vec::new()),
-    ]
+        Seed::new(T, "byte-after-the-state", SnapshotFile::serial(&extra)),
+    ];
+    seeds.extend(header_seeds(T, &full, NEWER_DATA));
+    seeds
 }
