@@ -147,7 +147,9 @@ fn header_seeds_of_every_snapshot_format_meet_the_rule_they_break() {
             _ => None,
         })
     };
-    let decoders: [(&str, &dyn Fn(&[u8]) -> String); 6] = [
+    /// A target's name and how it names the header rule an input broke.
+    type Decoder<'a> = (&'a str, &'a dyn Fn(&[u8]) -> String);
+    let decoders: [Decoder; 6] = [
         ("sdei_snapshot_decode", &|d| {
             kind(sdei_migration::fuzz_decode(d), |e| match e {
                 sdei_migration::SnapshotError::Header(h) => Some(name(h)),
