@@ -48,7 +48,7 @@ pub fn inspect(path: &Path) -> Result<FileFacts, SpecError> {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file cannot be opened (it changed since the configuration was checked?).
-    #[error("pmem {}: cannot open: {source}", path.display())]
+    #[error("pmem {}: cannot open the file", path.display())]
     Open {
         /// The path.
         path: PathBuf,
@@ -72,7 +72,7 @@ pub enum Error {
         size: u64,
     },
     /// Creating, sizing or sealing the memfd failed.
-    #[error("pmem memfd: cannot create a {size}-byte memfd: {source}")]
+    #[error("pmem memfd: cannot create a {size}-byte memfd")]
     Memfd {
         /// The region size.
         size: u64,
@@ -86,7 +86,7 @@ pub enum Error {
         size: u64,
     },
     /// `mmap` failed.
-    #[error("pmem {what}: cannot map {size} bytes: {source}")]
+    #[error("pmem {what}: cannot map {size} bytes")]
     Map {
         /// The path or `memfd`.
         what: String,
@@ -97,8 +97,8 @@ pub enum Error {
     },
     /// The kernel refused a tagged (`PROT_MTE`) mapping of the backing.
     #[error(
-        "pmem {what}: the kernel cannot map this backing with MTE tags ({source}); with --mte \
-         use memfd or a file on tmpfs (/dev/shm)"
+        "pmem {what}: the kernel cannot map this backing with MTE tags; with --mte use memfd or \
+         a file on tmpfs (/dev/shm)"
     )]
     MteRefused {
         /// The path or `memfd`.
@@ -116,7 +116,7 @@ pub enum Error {
         what: String,
     },
     /// `msync` or `fsync` failed.
-    #[error("pmem {what}: flush failed: {source}")]
+    #[error("pmem {what}: flush failed")]
     Flush {
         /// The path or `memfd`.
         what: String,
