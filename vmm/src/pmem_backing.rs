@@ -20,27 +20,27 @@ use crate::config::pmem::{FileFacts, PmemConfig, PmemSource, SpecError};
 /// What the file at `path` is, for [`crate::config::pmem`]'s rules: it must exist, be a
 /// regular file and be readable.
 pub fn inspect(path: &Path) -> Result<FileFacts, SpecError> {
-    let access = |e: std::io::Error| SpecError::Access {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    let access = |action: &'static str| {
+        move |e: std::io::Error| SpecError::Access {
+            path: path.to_path_buf(),
+            action,
+            source: std::sync::Arc::new(e),
+        }
     };
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SpecError::MissingFile {
             path: path.to_path_buf(),
         },
-        _ => access(e),
+        _ => access("inspect it")(e),
     })?;
     if !meta.is_file() {
         return Err(SpecError::NotAFile {
             path: path.to_path_buf(),
         });
     }
-    let file = File::open(path).map_err(access)?;
-    let len = file.metadata().map_err(access)?.len();
-    let backing = BackingKind::of_file(&file).map_err(|e| SpecError::Access {
-        path: path.to_path_buf(),
-        reason: format!("cannot tell its filesystem: {e}"),
-    })?;
+    let file = File::open(path).map_err(access("open it for reading"))?;
+    let len = file.metadata().map_err(access("inspect it"))?.len();
+    let backing = BackingKind::of_file(&file).map_err(access("tell its filesystem"))?;
     Ok(FileFacts { len, backing })
 }
 
