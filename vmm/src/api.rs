@@ -48,7 +48,7 @@ pub enum Request {
 }
 
 /// Errors of the API.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is not understood.
     #[error("Bad request: {0}")]
@@ -61,6 +61,19 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// An operation on the socket failed.
+    #[error("API socket {path}: cannot {action}")]
+    SocketIo {
+        /// Socket path.
+        path: String,
+        /// What was being done ("connect to it", "bind it" ...).
+        action: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The request could not be read from the connection.
+    #[error("Cannot read the request")]
+    Read(#[source] std::io::Error),
     /// The VMM answered with an error.
     #[error("refvmm refused: {0}")]
     Refused(String),
@@ -123,9 +136,7 @@ fn read_request_within(stream: &mut UnixStream, deadline: Duration) -> Result<Re
                 deadline.as_millis()
             )));
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| Error::BadRequest(format!("cannot read the request: {e}")))?;
+        stream.set_read_timeout(Some(left)).map_err(Error::Read)?;
         let n = match stream.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -137,7 +148,7 @@ fn read_request_within(stream: &mut UnixStream, deadline: Duration) -> Result<Re
             {
                 continue
             }
-            Err(e) => return Err(Error::BadRequest(format!("cannot read the request: {e}"))),
+            Err(e) => return Err(Error::Read(e)),
         };
         let chunk = &buf[..n];
         let end = chunk.iter().position(|&b| b == b'\n');
@@ -164,15 +175,22 @@ pub fn client(socket: &Path, request: &[String]) -> Result<String> {
         path: socket.display().to_string(),
         reason,
     };
-    let mut s = UnixStream::connect(socket).map_err(|e| sock_err(e.to_string()))?;
+    let io_err = |action: &'static str| {
+        move |source| Error::SocketIo {
+            path: socket.display().to_string(),
+            action,
+            source,
+        }
+    };
+    let mut s = UnixStream::connect(socket).map_err(io_err("connect to it"))?;
     // A snapshot of a large guest takes a while; everything else answers at once.
     let _ = s.set_read_timeout(Some(Duration::from_secs(CLIENT_TIMEOUT_SECS)));
     s.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| sock_err(e.to_string()))?;
+        .map_err(io_err("send the request"))?;
     let mut answer = String::new();
     BufReader::new(s)
         .read_line(&mut answer)
-        .map_err(|e| sock_err(e.to_string()))?;
+        .map_err(io_err("read the answer"))?;
     let answer = answer.trim_end();
     match answer.split_once(' ').unwrap_or((answer, "")) {
         ("ok", rest) => Ok(rest.to_string()),
@@ -199,7 +217,7 @@ pub fn serve_one(stream: &mut UnixStream, handler: &dyn ApiHandler, access: &Acc
             Ok(text) => format!("ok {text}\n"),
             Err(text) => format!("error {text}\n"),
         },
-        Err(e) => format!("error {e}\n"),
+        Err(e) => format!("error {}\n", crate::error_chain(&e)),
     };
     let _ = stream.write_all(answer.as_bytes());
 }
@@ -373,6 +391,13 @@ pub fn bind(socket: &ApiSocket) -> Result<std::os::unix::net::UnixListener> {
         path: path.display().to_string(),
         reason,
     };
+    let io_err = |action: &'static str| {
+        move |source| Error::SocketIo {
+            path: path.display().to_string(),
+            action,
+            source,
+        }
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(err("exists and is not a socket".into()));
@@ -380,14 +405,14 @@ pub fn bind(socket: &ApiSocket) -> Result<std::os::unix::net::UnixListener> {
         if UnixStream::connect(path).is_ok() {
             return Err(err("another process is listening on it".into()));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path).map_err(io_err("remove the stale socket"))?;
     }
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(io_err("listen on it"))?;
     // Connections made before the mode is set are still refused by the peer check.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket.mode))
-        .map_err(|e| err(format!("cannot set its mode to {:o}: {e}", socket.mode)))?;
-    l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+        .map_err(io_err("set its mode"))?;
+    l.set_nonblocking(true)
+        .map_err(io_err("make it non-blocking"))?;
     Ok(l)
 }
 
@@ -397,17 +422,17 @@ mod tests {
 
     #[test]
     fn requests_parse_with_hex_or_decimal_numbers() {
-        assert_eq!(parse_request("status\n"), Ok(Request::Status));
+        assert_eq!(parse_request("status\n").ok(), Some(Request::Status));
         assert_eq!(
-            parse_request("sdei-signal 0x1000000 1"),
-            Ok(Request::SdeiSignal {
+            parse_request("sdei-signal 0x1000000 1").ok(),
+            Some(Request::SdeiSignal {
                 event: 0x100_0000,
                 vcpu: Some(1)
             })
         );
         assert_eq!(
-            parse_request("sdei-signal 16777218"),
-            Ok(Request::SdeiSignal {
+            parse_request("sdei-signal 16777218").ok(),
+            Some(Request::SdeiSignal {
                 event: 0x100_0002,
                 vcpu: None
             })
@@ -434,8 +459,8 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         b.write_all(b"sdei-signal 0x1000001 0\n").unwrap();
         assert_eq!(
-            read_request(&mut a),
-            Ok(Request::SdeiSignal {
+            read_request(&mut a).ok(),
+            Some(Request::SdeiSignal {
                 event: 0x100_0001,
                 vcpu: Some(0)
             })
@@ -478,8 +503,8 @@ mod tests {
             }
         });
         assert_eq!(
-            read_request(&mut a),
-            Ok(Request::SdeiSignal {
+            read_request(&mut a).ok(),
+            Some(Request::SdeiSignal {
                 event: 0x100_0001,
                 vcpu: Some(0)
             })
@@ -628,6 +653,6 @@ mod tests {
     #[test]
     fn client_reports_a_missing_socket() {
         let e = client(Path::new("/nonexistent/refvmm.sock"), &["status".into()]).unwrap_err();
-        assert!(matches!(e, Error::Socket { .. }), "{e}");
+        assert!(matches!(e, Error::SocketIo { .. }), "{e}");
     }
 }

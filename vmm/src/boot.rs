@@ -14,16 +14,16 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kernel could not be opened.
-    #[error("Cannot open the kernel: {0}")]
+    #[error("Cannot open the kernel")]
     OpenKernel(#[source] std::io::Error),
     /// The kernel is not an arm64 `Image` or does not fit.
-    #[error("Cannot load the kernel as an arm64 Image: {0}")]
+    #[error("Cannot load the kernel as an arm64 Image")]
     LoadKernel(#[source] linux_loader::loader::Error),
     /// A raw payload does not fit below the device tree.
     #[error("The raw payload ({0} bytes) does not fit in guest RAM; give the guest more memory")]
     RawTooLarge(u64),
     /// The initrd could not be read.
-    #[error("Cannot read the initrd: {0}")]
+    #[error("Cannot read the initrd")]
     ReadInitrd(#[source] std::io::Error),
     /// The initrd does not fit between the kernel and the device tree.
     #[error("The initrd ({size} bytes) does not fit in guest RAM above the kernel; give the guest more memory")]
@@ -32,7 +32,7 @@ pub enum Error {
         size: u64,
     },
     /// Writing to guest memory failed.
-    #[error("Cannot write {what} to guest memory: {source}")]
+    #[error("Cannot write {what} to guest memory")]
     GuestWrite {
         /// What was being written.
         what: &'static str,

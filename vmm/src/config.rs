@@ -140,24 +140,49 @@ pub struct CtlCli {
     pub request: Vec<String>,
 }
 
+/// Why a kernel or initrd file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The path names nothing.
+    #[error("no such file")]
+    NotFound,
+    /// The path names a directory, device, socket ...
+    #[error("not a regular file")]
+    NotAFile,
+    /// The file has no bytes.
+    #[error("empty file")]
+    Empty,
+    /// The path cannot be looked up (other than not existing).
+    #[error("cannot inspect it")]
+    Inspect(#[source] std::io::Error),
+    /// The file cannot be opened for reading.
+    #[error("cannot open it for reading")]
+    Open(#[source] std::io::Error),
+}
+
 /// Errors in the configuration.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No kernel was given (and nothing to restore).
+    #[error("--kernel is required (or --restore)")]
+    NoKernel,
     /// The kernel file cannot be used.
-    #[error("Kernel {path}: {reason}")]
+    #[error("Kernel {path}")]
     Kernel {
         /// The path given.
         path: PathBuf,
         /// Why it cannot be used.
-        reason: String,
+        #[source]
+        problem: FileError,
     },
     /// The initrd file cannot be used.
-    #[error("Initrd {path}: {reason}")]
+    #[error("Initrd {path}")]
     Initrd {
         /// The path given.
         path: PathBuf,
         /// Why it cannot be used.
-        reason: String,
+        #[source]
+        problem: FileError,
     },
     /// The memory size is not understood or out of range.
     #[error("Memory size {0:?}: {1}")]
@@ -165,9 +190,18 @@ pub enum Error {
     /// The vCPU count is out of range.
     #[error("Number of vCPUs must be between 1 and {max}, got {0}", max = MAX_VCPUS)]
     Cpus(u8),
-    /// The snapshot to restore cannot be used.
+    /// The restore options are inconsistent or the snapshot exceeds the limits.
     #[error("Cannot restore: {0}")]
     Restore(String),
+    /// The snapshot to restore cannot be read.
+    #[error("Cannot restore {}", dir.display())]
+    Snapshot {
+        /// The snapshot directory given.
+        dir: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: crate::snapshot::Error,
+    },
     /// The command line cannot be passed to the kernel.
     #[error("Kernel command line: {0}")]
     Cmdline(String),
@@ -247,15 +281,15 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| "too large".to_string())
 }
 
-fn check_file(path: &PathBuf) -> std::result::Result<u64, String> {
+fn check_file(path: &PathBuf) -> std::result::Result<u64, FileError> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        _ => e.to_string(),
+        std::io::ErrorKind::NotFound => FileError::NotFound,
+        _ => FileError::Inspect(e),
     })?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(FileError::NotAFile);
     }
-    std::fs::File::open(path).map_err(|e| e.to_string())?;
+    std::fs::File::open(path).map_err(FileError::Open)?;
     Ok(meta.len())
 }
 
@@ -287,7 +321,10 @@ impl TryFrom<Cli> for VmConfig {
             let max_cpus = cli.max_cpus.unwrap_or(MAX_VCPUS);
             let cfg = crate::snapshot::Reader::open(&dir)
                 .and_then(|r| r.manifest.shape.to_config(&dir, cli.seccomp, api_socket))
-                .map_err(|e| Error::Restore(e.to_string()))?;
+                .map_err(|source| Error::Snapshot {
+                    dir: dir.clone(),
+                    source,
+                })?;
             if cfg.memory > max_memory || cfg.cpus > max_cpus {
                 return Err(Error::Restore(format!(
                     "the snapshot asks for {} vCPUs and {} MiB of RAM, more than the limits \
@@ -299,24 +336,21 @@ impl TryFrom<Cli> for VmConfig {
             }
             return Ok(cfg);
         }
-        let kernel = cli.kernel.ok_or_else(|| Error::Kernel {
-            path: PathBuf::new(),
-            reason: "--kernel is required".into(),
-        })?;
-        let klen = check_file(&kernel).map_err(|reason| Error::Kernel {
+        let kernel = cli.kernel.ok_or(Error::NoKernel)?;
+        let klen = check_file(&kernel).map_err(|problem| Error::Kernel {
             path: kernel.clone(),
-            reason,
+            problem,
         })?;
         if klen == 0 {
             return Err(Error::Kernel {
                 path: kernel,
-                reason: "empty file".into(),
+                problem: FileError::Empty,
             });
         }
         if let Some(p) = &cli.initrd {
-            check_file(p).map_err(|reason| Error::Initrd {
+            check_file(p).map_err(|problem| Error::Initrd {
                 path: p.clone(),
-                reason,
+                problem,
             })?;
         }
         let memory = parse_size(&cli.memory).map_err(|e| Error::Memory(cli.memory.clone(), e))?;
@@ -415,7 +449,29 @@ mod tests {
     #[test]
     fn missing_kernel_is_a_clear_error() {
         let e = config(&["--kernel", "/nonexistent/Image"]).unwrap_err();
-        assert_eq!(e.to_string(), "Kernel /nonexistent/Image: no such file");
+        assert_eq!(
+            crate::error_chain(&e),
+            "Kernel /nonexistent/Image: no such file"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_kernel_path_names_the_os_error_once() {
+        let k = kernel_file();
+        let below_a_file = format!("{}/Image", k.path_str());
+        let e = config(&["--kernel", &below_a_file]).unwrap_err();
+        assert!(matches!(
+            &e,
+            Error::Kernel {
+                problem: FileError::Inspect(_),
+                ..
+            }
+        ));
+        let text = crate::error_chain(&e);
+        assert_eq!(
+            text,
+            format!("Kernel {below_a_file}: cannot inspect it: Not a directory (os error 20)")
+        );
     }
 
     #[test]
@@ -505,14 +561,14 @@ mod tests {
     #[test]
     fn directory_as_kernel_is_refused() {
         let e = config(&["--kernel", "/"]).unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert_eq!(crate::error_chain(&e), "Kernel /: not a regular file");
     }
 
     #[test]
     fn missing_initrd_is_a_clear_error() {
         let k = kernel_file();
         let e = config(&["--kernel", k.path_str(), "--initrd", "/nope"]).unwrap_err();
-        assert_eq!(e.to_string(), "Initrd /nope: no such file");
+        assert_eq!(crate::error_chain(&e), "Initrd /nope: no such file");
     }
 
     #[test]
@@ -539,10 +595,10 @@ mod tests {
     #[test]
     fn vcpu_count_is_bounded() {
         let k = kernel_file();
-        assert_eq!(
+        assert!(matches!(
             config(&["--kernel", k.path_str(), "--cpus", "0"]),
             Err(Error::Cpus(0))
-        );
+        ));
         let too_many = (MAX_VCPUS as u16 + 1).to_string();
         assert!(
             cli(&["--kernel", k.path_str(), "--cpus", &too_many]).is_err() || {

@@ -16,8 +16,8 @@ use vmm_sys_util::terminal::Terminal;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The event manager failed.
-    #[error("Event loop failed: {0:?}")]
-    Manager(event_manager::Error),
+    #[error("The event loop failed")]
+    Manager(#[source] event_manager::Error),
     /// The main thread could not be sealed before the loop.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::Error),

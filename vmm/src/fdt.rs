@@ -38,7 +38,7 @@ pub struct FdtConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// vm-fdt refused a node or property.
-    #[error("Cannot build the device tree: {0}")]
+    #[error("Cannot build the device tree")]
     Build(#[from] FdtError),
     /// The result exceeds what the boot protocol allows.
     #[error("The device tree is {0} bytes, more than the boot protocol's 2 MiB")]

@@ -12,13 +12,13 @@ use kvm_ioctls::{DeviceFd, VmFd};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// KVM could not create a GICv3 (the host may lack GICv3 support).
-    #[error("KVM cannot create an in-kernel GICv3: {0}")]
+    #[error("KVM cannot create an in-kernel GICv3")]
     Create(#[source] kvm_ioctls::Error),
     /// KVM could not create an ITS.
-    #[error("KVM cannot create a GICv3 ITS: {0}")]
+    #[error("KVM cannot create a GICv3 ITS")]
     CreateIts(#[source] kvm_ioctls::Error),
     /// A GIC attribute was refused.
-    #[error("KVM refused GICv3 attribute {what}: {source}")]
+    #[error("KVM refused GICv3 attribute {what}")]
     Attr {
         /// What was being set.
         what: &'static str,

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let cfg = match config::VmConfig::try_from(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("refvmm: {e}");
+            eprintln!("refvmm: {}", refvmm::error_chain(&e));
             return ExitCode::from(exit_status::CONFIG);
         }
     };
@@ -44,17 +44,7 @@ fn run(cfg: config::VmConfig) -> ExitCode {
             ExitCode::from(exit_status::CRASH)
         }
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                let text = s.to_string();
-                if !msg.contains(&text) {
-                    msg.push_str(": ");
-                    msg.push_str(&text);
-                }
-                src = s.source();
-            }
-            eprintln!("refvmm: {msg}");
+            eprintln!("refvmm: {}", refvmm::error_chain(&e));
             ExitCode::from(if e.is_user_error() {
                 exit_status::CONFIG
             } else {
@@ -79,7 +69,7 @@ fn ctl() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("refvmm ctl: {e}");
+            eprintln!("refvmm ctl: {}", refvmm::error_chain(&e));
             ExitCode::from(exit_status::VMM_ERROR)
         }
     }

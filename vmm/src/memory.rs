@@ -14,16 +14,16 @@ use vm_memory::{GuestAddress, MmapRegion};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The shared memory could not be created.
-    #[error("Cannot create guest memory: {0}")]
+    #[error("Cannot create guest memory")]
     Create(#[source] mte_memory::memory::Error),
     /// Creating the VM failed.
-    #[error("Cannot create a VM: {0}")]
+    #[error("Cannot create a VM")]
     CreateVm(#[source] kvm_ioctls::Error),
     /// MTE could not be enabled.
-    #[error("MTE: {0}")]
+    #[error("Cannot set up MTE for the guest")]
     Mte(#[source] kvm::Error),
     /// A memory slot could not be registered (for an MTE VM the error names the backing rule).
-    #[error("Cannot register guest memory: {0}")]
+    #[error("Cannot register guest memory")]
     Slot(#[source] kvm::Error),
     /// More pmem devices than memory slots set aside for them.
     #[error("No memory slot for pmem device {0}")]

@@ -20,27 +20,27 @@ use crate::config::pmem::{FileFacts, PmemConfig, PmemSource, SpecError};
 /// What the file at `path` is, for [`crate::config::pmem`]'s rules: it must exist, be a
 /// regular file and be readable.
 pub fn inspect(path: &Path) -> Result<FileFacts, SpecError> {
-    let access = |e: std::io::Error| SpecError::Access {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    let access = |action: &'static str| {
+        move |e: std::io::Error| SpecError::Access {
+            path: path.to_path_buf(),
+            action,
+            source: std::sync::Arc::new(e),
+        }
     };
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SpecError::MissingFile {
             path: path.to_path_buf(),
         },
-        _ => access(e),
+        _ => access("inspect it")(e),
     })?;
     if !meta.is_file() {
         return Err(SpecError::NotAFile {
             path: path.to_path_buf(),
         });
     }
-    let file = File::open(path).map_err(access)?;
-    let len = file.metadata().map_err(access)?.len();
-    let backing = BackingKind::of_file(&file).map_err(|e| SpecError::Access {
-        path: path.to_path_buf(),
-        reason: format!("cannot tell its filesystem: {e}"),
-    })?;
+    let file = File::open(path).map_err(access("open it for reading"))?;
+    let len = file.metadata().map_err(access("inspect it"))?.len();
+    let backing = BackingKind::of_file(&file).map_err(access("tell its filesystem"))?;
     Ok(FileFacts { len, backing })
 }
 
@@ -48,7 +48,7 @@ pub fn inspect(path: &Path) -> Result<FileFacts, SpecError> {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file cannot be opened (it changed since the configuration was checked?).
-    #[error("pmem {}: cannot open: {source}", path.display())]
+    #[error("pmem {}: cannot open the file", path.display())]
     Open {
         /// The path.
         path: PathBuf,
@@ -72,7 +72,7 @@ pub enum Error {
         size: u64,
     },
     /// Creating, sizing or sealing the memfd failed.
-    #[error("pmem memfd: cannot create a {size}-byte memfd: {source}")]
+    #[error("pmem memfd: cannot create a {size}-byte memfd")]
     Memfd {
         /// The region size.
         size: u64,
@@ -86,7 +86,7 @@ pub enum Error {
         size: u64,
     },
     /// `mmap` failed.
-    #[error("pmem {what}: cannot map {size} bytes: {source}")]
+    #[error("pmem {what}: cannot map {size} bytes")]
     Map {
         /// The path or `memfd`.
         what: String,
@@ -97,8 +97,8 @@ pub enum Error {
     },
     /// The kernel refused a tagged (`PROT_MTE`) mapping of the backing.
     #[error(
-        "pmem {what}: the kernel cannot map this backing with MTE tags ({source}); with --mte \
-         use memfd or a file on tmpfs (/dev/shm)"
+        "pmem {what}: the kernel cannot map this backing with MTE tags; with --mte use memfd or \
+         a file on tmpfs (/dev/shm)"
     )]
     MteRefused {
         /// The path or `memfd`.
@@ -116,7 +116,7 @@ pub enum Error {
         what: String,
     },
     /// `msync` or `fsync` failed.
-    #[error("pmem {what}: flush failed: {source}")]
+    #[error("pmem {what}: flush failed")]
     Flush {
         /// The path or `memfd`.
         what: String,

@@ -94,10 +94,10 @@ pub enum Error {
     #[error("{PROBE_ENV}={0:?} names no thread category (vmm, vcpu, api, console)")]
     Probe(String),
     /// The `SIGSYS` handler could not be installed.
-    #[error("Cannot install the SIGSYS handler: {0}")]
+    #[error("Cannot install the SIGSYS handler")]
     Handler(#[source] std::io::Error),
     /// The kernel refused a filter.
-    #[error("Cannot install the seccomp filter of a {category} thread: {source}")]
+    #[error("Cannot install the seccomp filter of a {category} thread")]
     Install {
         /// The thread's category.
         category: &'static str,
@@ -105,7 +105,7 @@ pub enum Error {
         source: seccompiler::Error,
     },
     /// A thread could not be started.
-    #[error("Cannot start thread {name}: {source}")]
+    #[error("Cannot start thread {name}")]
     Spawn {
         /// The thread's name.
         name: String,

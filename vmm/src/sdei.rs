@@ -88,20 +88,23 @@ pub type SdeiRouter = Router<Routed, 4, 8>;
 /// Errors setting up or using SDEI.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The dispatcher refused the configuration.
-    #[error("SDEI configuration: {0}")]
-    Config(String),
+    /// The dispatcher refused refvmm's SDEI configuration (a refvmm bug).
+    #[error("The SDEI dispatcher refused refvmm's configuration")]
+    Config(#[source] sdei_dispatch::ConfigError),
+    /// The SDEI snapshot cannot be restored into this VM.
+    #[error("Cannot restore the SDEI state")]
+    Load(#[source] sdei_migration::SnapshotError),
     /// The router refused the service.
-    #[error("SDEI routing: {0}")]
-    Route(String),
+    #[error("The hypercall router refused the {0} service")]
+    Route(&'static str, #[source] hypercall_router::RouterError),
     /// A vCPU's power state could not be read.
-    #[error("Cannot read the power state of vCPU {0}: {1}")]
+    #[error("Cannot read the power state of vCPU {0}")]
     Power(usize, #[source] kvm_ioctls::Error),
     /// KVM refused the SMCCC filter.
-    #[error("Cannot forward SDEI calls from KVM: {0}")]
+    #[error("Cannot forward SDEI calls from KVM")]
     Filter(#[source] hypercall_router::kvm::Error),
     /// The dispatcher refused a raise.
-    #[error("{0}")]
+    #[error("The SDEI dispatcher refused to raise the event")]
     Raise(#[source] sdei_dispatch::VmmError),
 }
 
@@ -152,9 +155,9 @@ impl Sdei {
         ));
         let mut b: RouterBuilder<Routed, 4, 8> = RouterBuilder::new();
         b.register(Routed::Sdei(service.clone()))
-            .map_err(|e| Error::Route(e.to_string()))?;
+            .map_err(|e| Error::Route("SDEI", e))?;
         b.register(Routed::Psci(psci.clone()))
-            .map_err(|e| Error::Route(e.to_string()))?;
+            .map_err(|e| Error::Route("PSCI", e))?;
         Ok(Sdei {
             service,
             psci,
@@ -174,7 +177,7 @@ impl Sdei {
     ) -> Result<Self> {
         let k = kicker.clone();
         let service = SdeiService::new(Self::config(mpidrs, mte), move |i| k.kick(i))
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(Error::Config)?;
         Self::with_service(service, mpidrs, kicker, reset_init)
     }
 
@@ -186,8 +189,8 @@ impl Sdei {
         reset_init: kvm_vcpu_init,
         bytes: &[u8],
     ) -> Result<Self> {
-        let dispatcher = sdei_migration::load(bytes, Self::config(mpidrs, mte))
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let dispatcher =
+            sdei_migration::load(bytes, Self::config(mpidrs, mte)).map_err(Error::Load)?;
         let k = kicker.clone();
         Self::with_service(
             SdeiService::from_dispatcher(dispatcher, move |i| k.kick(i)),
@@ -286,7 +289,8 @@ impl HypercallHandler for Sdei {
         if let Err(e) = handle_hypercall_exit(&self.router, vcpu, nr, flags, i) {
             crate::guest_log!(
                 log::Level::Error,
-                "vCPU {index}: hypercall {nr:#x} could not be answered: {e}"
+                "vCPU {index}: hypercall {nr:#x} could not be answered: {}",
+                crate::error_chain(&e)
             );
             return;
         }

@@ -17,16 +17,16 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// KVM refused to create the vCPU.
-    #[error("Cannot create vCPU {0}: {1}")]
+    #[error("Cannot create vCPU {0}")]
     Create(u8, #[source] kvm_ioctls::Error),
     /// KVM has no preferred CPU target.
-    #[error("KVM reports no preferred vCPU target: {0}")]
+    #[error("KVM reports no preferred vCPU target")]
     PreferredTarget(#[source] kvm_ioctls::Error),
     /// `KVM_ARM_VCPU_INIT` failed.
-    #[error("Cannot initialise vCPU {0}: {1}")]
+    #[error("Cannot initialise vCPU {0}")]
     Init(u8, #[source] kvm_ioctls::Error),
     /// A register access failed.
-    #[error("Cannot access register {reg:#x} of vCPU {index}: {source}")]
+    #[error("Cannot access register {reg:#x} of vCPU {index}")]
     Reg {
         /// vCPU index.
         index: u8,
@@ -36,7 +36,7 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// `KVM_RUN` failed for a reason other than a signal.
-    #[error("KVM_RUN failed on vCPU {0}: {1}")]
+    #[error("KVM_RUN failed on vCPU {0}")]
     Run(u8, #[source] kvm_ioctls::Error),
 }
 
@@ -95,7 +95,7 @@ impl VcpuControl {
         if !g.pause {
             return;
         }
-        let state = crate::snapshot::vcpu::save(fd, index).map_err(|e| e.to_string());
+        let state = crate::snapshot::vcpu::save(fd, index).map_err(|e| crate::error_chain(&e));
         if let Some(slot) = g.saved.get_mut(index) {
             *slot = Some(state);
         }

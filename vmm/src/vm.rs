@@ -31,7 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `/dev/kvm` could not be opened.
-    #[error("Cannot open /dev/kvm: {0} (is KVM available and accessible?)")]
+    #[error("Cannot open /dev/kvm (is KVM available and accessible?)")]
     Kvm(#[source] kvm_ioctls::Error),
     /// Guest memory.
     #[error(transparent)]
@@ -51,8 +51,8 @@ pub enum Error {
         cap: &'static str,
     },
     /// Creating a vCPU.
-    #[error("Cannot create vCPU {0}: {1}")]
-    CreateVcpu(u8, String),
+    #[error("Cannot create vCPU {0}")]
+    CreateVcpu(u8, #[source] kvm_ioctls::Error),
     /// The GIC.
     #[error(transparent)]
     Gic(#[from] gic::Error),
@@ -60,7 +60,7 @@ pub enum Error {
     #[error(transparent)]
     Fdt(#[from] fdt::Error),
     /// Device set-up.
-    #[error("Cannot set up the {what}: {source}")]
+    #[error("Cannot set up the {what}")]
     Device {
         /// Which device.
         what: &'static str,
@@ -82,8 +82,16 @@ pub enum Error {
     /// A snapshot that cannot be restored into this VM.
     #[error("Cannot restore: {0}")]
     Restore(String),
+    /// A part of a snapshot that cannot be restored into this VM.
+    #[error("Cannot restore the {what} from the snapshot")]
+    RestorePart {
+        /// Which part.
+        what: &'static str,
+        /// Why not.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A thread could not be started (or could not install its seccomp filter).
-    #[error("Cannot start the thread for vCPU {0}: {1}")]
+    #[error("Cannot start the thread for vCPU {0}")]
     Thread(u8, #[source] sandbox::Error),
     /// The seccomp filters.
     #[error(transparent)]
@@ -105,6 +113,7 @@ impl Error {
                 | Error::Unsupported { .. }
                 | Error::Snapshot(_)
                 | Error::Restore(_)
+                | Error::RestorePart { .. }
                 | Error::Pmem(_)
         ) || matches!(self, Error::Memory(e) if e.is_user_error())
     }
@@ -198,7 +207,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         let fd = vm
             .fd()
             .create_vcpu(u64::from(i))
-            .map_err(|e| Error::CreateVcpu(i, e.to_string()))?;
+            .map_err(|e| Error::CreateVcpu(i, e))?;
         vcpus.push(Vcpu::new(fd, i, &base_init, cfg.features)?);
     }
     let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
@@ -286,7 +295,8 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
             let wire: snapshot::SerialWire = snapshot::SERIAL
                 .decode(&r.read("serial.bin").map_err(Error::Snapshot)?)
                 .map_err(Error::Snapshot)?;
-            Console::from_wire(uart_irq, console_out.writer(), &wire).map_err(Error::Restore)?
+            Console::from_wire(uart_irq, console_out.writer(), &wire)
+                .map_err(|e| Error::Restore(format!("console state: {e}")))?
         }
     };
     let console = Arc::new(Mutex::new(console));
@@ -373,7 +383,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
                 let stop = match v.run(&bus, hooks.as_ref(), &control) {
                     Ok(stop) => stop,
                     Err(e) => {
-                        eprintln!("refvmm: {e}");
+                        eprintln!("refvmm: {}", crate::error_chain(&e));
                         VcpuStop::Crash
                     }
                 };
@@ -492,8 +502,7 @@ fn restore_tags(r: &snapshot::Reader, vm: &Vm, mem: &SharedGuestMemory) -> Resul
     match vm.tag_store() {
         Some(mut store) => {
             let bytes = r.read("mte-tags.bin").map_err(Error::Snapshot)?;
-            let snap = TagSnapshot::decode(&bytes)
-                .map_err(|e| Error::Restore(format!("MTE tags: {e}")))?;
+            let snap = TagSnapshot::decode(&bytes).map_err(|e| restore_part("MTE tags", e))?;
             let bases: Vec<GuestAddress> = snap.regions().iter().map(|r| r.base()).collect();
             let ours: Vec<GuestAddress> = mem.regions().iter().map(|r| r.0).collect();
             if bases != ours {
@@ -502,7 +511,7 @@ fn restore_tags(r: &snapshot::Reader, vm: &Vm, mem: &SharedGuestMemory) -> Resul
                 ));
             }
             snap.restore(&mut store)
-                .map_err(|e| Error::Restore(format!("MTE tags: {e}")))
+                .map_err(|e| restore_part("MTE tags", e))
         }
         None if r.has("mte-tags.bin") => Err(Error::Restore(
             "the snapshot has MTE tags but the VM has no MTE".into(),
@@ -530,16 +539,23 @@ fn restore_cpu_and_gic(
     }
     // Everything that can be checked without KVM is checked before any vCPU is written.
     for (i, st) in states.iter().enumerate() {
-        st.check(i).map_err(|e| Error::Restore(e.to_string()))?;
+        st.check(i).map_err(|e| restore_part("vCPU state", e))?;
     }
     let state = snapshot::gic::GicState::decode(&r.read("gic.bin").map_err(Error::Snapshot)?)
         .and_then(|s| s.check_fits(mpidrs, layout::GIC_NR_IRQS).map(|()| s))
-        .map_err(|e| Error::Restore(format!("GIC state: {e}")))?;
+        .map_err(|e| restore_part("GIC state", e))?;
     for (i, (v, st)) in vcpus.iter().zip(&states).enumerate() {
-        snapshot::vcpu::restore(v.fd(), i, st).map_err(|e| Error::Restore(e.to_string()))?;
+        snapshot::vcpu::restore(v.fd(), i, st).map_err(|e| restore_part("vCPU state", e))?;
     }
     snapshot::gic::restore(gic.fd(), mpidrs, layout::GIC_NR_IRQS, &state)
-        .map_err(|e| Error::Restore(format!("GIC state: {e}")))
+        .map_err(|e| restore_part("GIC state", e))
+}
+
+fn restore_part(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::RestorePart {
+        what,
+        source: Box::new(e),
+    }
 }
 
 /// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and
@@ -621,12 +637,12 @@ impl Machine {
         states: &[snapshot::vcpu::VcpuState],
     ) -> std::result::Result<(u64, u64, u128), String> {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-        let e = |e: snapshot::Error| e.to_string();
+        let e = |e: snapshot::Error| crate::error_chain(&e);
         let mut w = snapshot::Writer::create(dir).map_err(e)?;
         w.put("vcpus.bin", &snapshot::VCPUS.encode(states).map_err(e)?)
             .map_err(e)?;
         let gic = snapshot::gic::save(self.gic.fd(), &self.mpidrs, layout::GIC_NR_IRQS)
-            .map_err(|x| format!("GIC state: {x}"))?;
+            .map_err(|x| format!("GIC state: {}", crate::error_chain(&x)))?;
         w.put("gic.bin", &gic.encode()).map_err(e)?;
         let mem = self.mem.clone();
         w.put_with("memory.bin", move |out| {
@@ -720,7 +736,7 @@ impl ApiHandler for VmApi {
                     Ok(sdei_dispatch::RaiseOutcome::AlreadyPending) => Ok("already-pending".into()),
                     Ok(sdei_dispatch::RaiseOutcome::NotRegistered) => Ok("not-registered".into()),
                     Ok(sdei_dispatch::RaiseOutcome::NotBound) => Ok("not-bound".into()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(crate::error_chain(&e)),
                 }
             }
         }

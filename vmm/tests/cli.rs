@@ -247,3 +247,43 @@ fn ctl_refuses_an_unknown_request_before_connecting() {
     let o = refvmm(&["ctl", "--api-socket", "/nonexistent.sock", "reboot"]);
     assert_clean_failure(&o, 1, "unknown request");
 }
+
+/// A cause several levels down (config error → file problem → OS error) is printed once, after
+/// the message that says what failed.
+#[test]
+fn a_kernel_path_below_a_file_names_the_os_error_exactly_once() {
+    let k = kernel_stub();
+    let below = format!("{}/Image", k.display());
+    let o = refvmm(&["--kernel", &below]);
+    let expected =
+        format!("refvmm: Kernel {below}: cannot inspect it: Not a directory (os error 20)");
+    assert_clean_failure(&o, 3, &expected);
+    let err = stderr(&o);
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+}
+
+#[test]
+fn a_pmem_path_below_a_file_names_the_os_error_exactly_once() {
+    let k = kernel_stub();
+    let spec = format!("file={}/pmem.img", k.display());
+    let o = refvmm(&["--kernel", k.to_str().unwrap(), "--pmem", &spec]);
+    assert_clean_failure(
+        &o,
+        3,
+        "/pmem.img: cannot inspect it: Not a directory (os error 20)",
+    );
+    let err = stderr(&o);
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+}
+
+#[test]
+fn ctl_connection_failure_names_the_os_error_exactly_once() {
+    let o = refvmm(&["ctl", "--api-socket", "/nonexistent.sock", "status"]);
+    assert_clean_failure(
+        &o,
+        1,
+        "refvmm ctl: API socket /nonexistent.sock: cannot connect to it: No such file or directory",
+    );
+    let err = stderr(&o);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -44,7 +44,7 @@ pub struct PmemConfig {
 }
 
 /// A `--pmem` specification that cannot be used (found before anything is built).
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SpecError {
     /// The text does not follow the syntax.
     #[error(
@@ -79,12 +79,14 @@ pub enum SpecError {
         path: PathBuf,
     },
     /// The file cannot be opened or inspected.
-    #[error("pmem {}: {reason}", path.display())]
+    #[error("pmem {}: cannot {action}", path.display())]
     Access {
         /// The path given.
         path: PathBuf,
-        /// The OS error.
-        reason: String,
+        /// What was being done ("open it", "tell its filesystem" ...).
+        action: &'static str,
+        /// The OS error (shared, so that the error stays `Clone`).
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The file is shorter than the size asked for.
     #[error("pmem {}: the file has {len} bytes, fewer than size={size} asks for", path.display())]

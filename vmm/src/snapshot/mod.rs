@@ -65,7 +65,7 @@ pub const MANIFEST: &str = "manifest.bin";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("Snapshot file {path}: {source}")]
+    #[error("Snapshot file {path}")]
     Io {
         /// The file.
         path: PathBuf,

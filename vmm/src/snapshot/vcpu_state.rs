@@ -32,16 +32,16 @@ pub const COUNTERS: [u64; 2] = [
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// KVM_GET_REG_LIST failed.
-    #[error("Cannot list the registers of vCPU {0}: {1}")]
+    #[error("Cannot list the registers of vCPU {0}")]
     List(usize, #[source] vmm_sys_util::errno::Error),
     /// A register could not be read.
-    #[error("Cannot read register {1:#x} of vCPU {0}: {2}")]
+    #[error("Cannot read register {1:#x} of vCPU {0}")]
     Get(usize, u64, #[source] vmm_sys_util::errno::Error),
     /// A register could not be written.
-    #[error("Cannot restore register {1:#x} of vCPU {0}: {2}")]
+    #[error("Cannot restore register {1:#x} of vCPU {0}")]
     Set(usize, u64, #[source] vmm_sys_util::errno::Error),
     /// The MP state could not be read or written.
-    #[error("Cannot access the MP state of vCPU {0}: {1}")]
+    #[error("Cannot access the MP state of vCPU {0}")]
     MpState(usize, #[source] vmm_sys_util::errno::Error),
     /// The saved state does not fit this vCPU.
     #[error("Saved state of vCPU {0} is invalid: {1}")]

@@ -341,7 +341,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let outcome = self
             .device
             .process_queue(index, &mut slot.queue, &self.mem)
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::error_chain(&e))
             .and_then(|added| {
                 if added == 0 {
                     return Ok(false);

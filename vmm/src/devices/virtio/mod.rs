@@ -63,7 +63,7 @@ impl Interrupt for vmm_sys_util::eventfd::EventFd {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The queue's rings could not be read or written.
-    #[error("virtio queue {index}: {source}")]
+    #[error("virtio queue {index} cannot be used")]
     Queue {
         /// The queue.
         index: usize,

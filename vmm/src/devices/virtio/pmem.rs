@@ -219,7 +219,9 @@ impl<F: Flush> VirtioDevice for PmemDevice<F> {
                 self.backing.flush()
             });
         match &flush {
-            Some(Err(e)) => crate::guest_log!(log::Level::Warn, "virtio-pmem: flush failed: {e}"),
+            Some(Err(e)) => {
+                crate::guest_log!(log::Level::Warn, "virtio-pmem: {}", crate::error_chain(e))
+            }
             Some(Ok(())) => log::debug!("virtio-pmem: flush {} done", self.flushes),
             None => {}
         }
