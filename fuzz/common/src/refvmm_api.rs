@@ -63,7 +63,7 @@ mod tests {
         ];
 
         for request in requests {
-            assert_eq!(parse_request(&render(&request)), Ok(request.clone()));
+            assert_eq!(parse_request(&render(&request)).ok(), Some(request.clone()));
         }
     }
 }
