@@ -243,13 +243,15 @@ impl Sdei {
     /// DAIF masked, and a reset SDEI state.
     fn start_vcpu(&self, vcpu: &VcpuFd, index: usize, entry: u64, context: u64) {
         let _ = self.service.dispatcher().reset_vcpu(index);
-        let res = vcpu.vcpu_init(&self.reset_init).map_err(|e| e.to_string());
+        let res = vcpu
+            .vcpu_init(&self.reset_init)
+            .map_err(|e| crate::error_chain(&e));
         let res = res.and_then(|()| {
             let mut r = KvmVcpuRegisters::new(vcpu);
             r.set_pstate(regs::PSTATE_EL1H_DAIF)
                 .and_then(|()| r.set_pc(entry))
                 .and_then(|()| r.write_x(0, context))
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::error_chain(&e))
         });
         match res {
             Ok(()) => crate::guest_log!(
@@ -286,16 +288,18 @@ impl HypercallHandler for Sdei {
     fn handle(&self, vcpu: &VcpuFd, index: u8, nr: u64, flags: u64) {
         let i = usize::from(index);
         log::trace!("vCPU {index}: SDEI call {nr:#x}");
-        if let Err(e) = handle_hypercall_exit(&self.router, vcpu, nr, flags, i) {
+        let answered = handle_hypercall_exit(&self.router, vcpu, nr, flags, i);
+        // A CPU_OFF took effect in the power table even if writing its answer failed: stop
+        // now, or the mark would linger and stop the vCPU after a later CPU_ON.
+        if self.psci.take_stop(i) {
+            self.stop_vcpu(vcpu, i);
+        }
+        if let Err(e) = answered {
             crate::guest_log!(
                 log::Level::Error,
                 "vCPU {index}: hypercall {nr:#x} could not be answered: {}",
                 crate::error_chain(&e)
             );
-            return;
-        }
-        if self.psci.take_stop(i) {
-            self.stop_vcpu(vcpu, i);
         }
         // The SDEI service has kicked every other vCPU the call left an event pending on,
         // and a completion has already put the interrupted context back.

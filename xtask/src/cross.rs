@@ -43,14 +43,9 @@ pub fn target_dir() -> PathBuf {
 
 /// Features enabling the KVM parts of the library crates, where they exist.
 fn kvm_features() -> Vec<String> {
-    let root = workspace_root();
-    ["hypercall-router", "mte-memory"]
+    // Named, not discovered: a crate that lost its `kvm` feature fails the build loudly.
+    ["hypercall-router", "sdei-dispatch", "mte-memory"]
         .iter()
-        .filter(|c| {
-            std::fs::read_to_string(root.join("crates").join(c).join("Cargo.toml"))
-                .map(|s| s.lines().any(|l| l.trim_start().starts_with("kvm =")))
-                .unwrap_or(false)
-        })
         .map(|c| format!("{c}/kvm"))
         .collect()
 }

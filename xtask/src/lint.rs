@@ -130,6 +130,21 @@ fn checks() -> Vec<Check> {
         name: "cargo clippy (raw payload, aarch64)".into(),
         cmd: payload,
     });
+    let mut arm_doc = cross::cargo();
+    arm_doc
+        .args([
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--all-features",
+            "--target",
+            cross::TARGET,
+        ])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    v.push(Check {
+        name: "cargo doc (workspace, aarch64, warnings denied)".into(),
+        cmd: arm_doc,
+    });
     v.push(Check {
         name: "cargo doc (workspace, warnings denied)".into(),
         cmd: host(

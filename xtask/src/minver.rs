@@ -94,11 +94,18 @@ pub fn run() -> Result<Vec<String>, Fail> {
             .env("RUSTC_BOOTSTRAP", "1")
             .current_dir(&dir);
         let mut host = Command::new("cargo");
-        host.args(["check", "--workspace", "--all-features", "--lib"])
-            .current_dir(&dir);
+        host.args([
+            "check",
+            "--locked",
+            "--workspace",
+            "--all-features",
+            "--lib",
+        ])
+        .current_dir(&dir);
         let mut arm = cross::cargo();
         arm.args([
             "check",
+            "--locked",
             "--workspace",
             "--all-features",
             "--lib",

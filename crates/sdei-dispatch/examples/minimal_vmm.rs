@@ -138,7 +138,9 @@ mod vmm {
         let mut handler_pstate = None;
         let flag = loop {
             // Before each KVM_RUN: enter a handler if an event is pending (one atomic load
-            // otherwise).
+            // otherwise). Safe here after an MMIO exit only because this VMM raises events
+            // from hypercall exits alone, so nothing is pending then; a VMM that raises from
+            // elsewhere first completes an open MMIO access (a KVM_RUN with immediate_exit).
             if let Some(info) = deliver_pending(&sdei, &vcpu, 0)? {
                 println!("minimal_vmm: event {:#x} delivered", info.event);
             }

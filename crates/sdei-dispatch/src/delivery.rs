@@ -127,13 +127,27 @@ impl Dispatcher {
             context.pc,
             context.pstate,
         ];
-        for (value, n) in args.into_iter().zip(0u8..) {
-            regs.write_x(n, value).map_err(CallError::Registers)?;
+        // PSTATE first: KVM narrows x0-x14 and PC to 32 bits after any core-register write
+        // while PSTATE is an AArch32 mode, so an event that interrupted AArch32 EL0 would
+        // otherwise enter its handler at a truncated address with a truncated argument.
+        let entered = regs
+            .set_pstate(handler_pstate)
+            .and_then(|()| regs.set_pc(entry.entry_point))
+            .and_then(|()| {
+                args.into_iter()
+                    .zip(0u8..)
+                    .try_for_each(|(value, n)| regs.write_x(n, value))
+            });
+        if let Err(e) = entered {
+            // Nothing is committed: put back what the vCPU had (best effort, registers before
+            // PSTATE for the same reason) so that it resumes where it was.
+            for (value, n) in context.x.iter().take(args.len()).zip(0u8..) {
+                let _ = regs.write_x(n, *value);
+            }
+            let _ = regs.set_pc(context.pc);
+            let _ = regs.set_pstate(context.pstate);
+            return Err(CallError::Registers(e));
         }
-        regs.set_pc(entry.entry_point)
-            .map_err(CallError::Registers)?;
-        regs.set_pstate(handler_pstate)
-            .map_err(CallError::Registers)?;
 
         // Registers are written: commit.
         if let Some(e) = self.entry_mut(vcpu, ev) {

@@ -8,7 +8,10 @@
 //!    [`SdeiService`] — the call is answered and, for a completion, the vCPU's PC, PSTATE,
 //!    `ELR_EL1` and `SPSR_EL1` are rewritten; other vCPUs that now have an event are kicked;
 //! 2. before each `KVM_RUN`: [`deliver_pending`] — one atomic load when nothing is pending,
-//!    otherwise the handler is entered by rewriting the vCPU's registers.
+//!    otherwise the handler is entered by rewriting the vCPU's registers. Not while an MMIO
+//!    exit is open: KVM completes an MMIO access (the loaded value, the PC past the
+//!    instruction) inside the next `KVM_RUN`, so after an MMIO exit run the vCPU once with
+//!    `immediate_exit` set (it returns at once, access completed) before delivering.
 //!
 //! On the vCPU thread these issue `KVM_GET_ONE_REG`/`KVM_SET_ONE_REG` (and `futex` for the
 //! service's lock, plus whatever the [`Kick`](crate::Kick) does).

@@ -165,8 +165,13 @@ impl SdeiService {
         self.dispatcher().raise(number, target)
     }
 
-    /// Delivers the highest-priority deliverable event on `vcpu`, if any (call it while the
-    /// vCPU is out of `KVM_RUN`). Takes no lock when [`SdeiService::has_pending`] is false.
+    /// Delivers the highest-priority deliverable event on `vcpu`, if any. Takes no lock when
+    /// [`SdeiService::has_pending`] is false.
+    ///
+    /// Call it while the vCPU is out of `KVM_RUN` with no MMIO access open: KVM finishes an
+    /// MMIO exit (loads the value, moves the PC past the instruction) inside the next
+    /// `KVM_RUN`, so after an MMIO exit run the vCPU once with `immediate_exit` set first, or
+    /// the late completion lands on the handler's registers.
     pub fn dispatch_pending<R: RegisterFile>(
         &self,
         vcpu: usize,
@@ -178,7 +183,16 @@ impl SdeiService {
         if !self.has_pending(vcpu) {
             return Ok(None);
         }
-        self.lock(Some(vcpu)).dispatch_pending(vcpu, regs)
+        let result = self.lock(Some(vcpu)).dispatch_pending(vcpu, regs);
+        if result.is_err() {
+            // The event is still deliverable, but this vCPU could not take it now: drop its
+            // flag so that the next access through the service sees it rise and kicks again,
+            // instead of the flag staying set with nobody kicking.
+            if let Some(flag) = self.pending.get(vcpu) {
+                flag.store(false, Ordering::Release);
+            }
+        }
+        result
     }
 }
 
@@ -393,6 +407,49 @@ mod tests {
         // answers 1: the PE was unmasked.)
         assert_eq!(call(&r, 1, &[0xC400_002B]).x[0], 1);
         assert!(!sdei.has_pending(1));
+    }
+
+    /// Fails every PC write.
+    struct NoPc(InMemoryRegisters);
+
+    impl RegisterFile for NoPc {
+        type Error = RegisterError;
+        fn read_x(&mut self, n: u8) -> Result<u64, RegisterError> {
+            self.0.read_x(n)
+        }
+        fn write_x(&mut self, n: u8, value: u64) -> Result<(), RegisterError> {
+            self.0.write_x(n, value)
+        }
+        fn read_control(&mut self, reg: ControlRegister) -> Result<u64, RegisterError> {
+            self.0.read_control(reg)
+        }
+        fn write_control(&mut self, reg: ControlRegister, value: u64) -> Result<(), RegisterError> {
+            match reg {
+                ControlRegister::Pc => Err(RegisterError::Backend),
+                _ => self.0.write_control(reg, value),
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_delivery_is_kicked_again_by_the_next_access() {
+        let kicks = Arc::new(Kicks::default());
+        let sdei = SdeiService::new(private_event(2), kicks.clone()).unwrap();
+        let r = routed(&sdei);
+        register_and_unmask(&r, 1);
+        sdei.raise(EV, Some(1)).unwrap();
+        assert_eq!(kicks.take(), [1]);
+
+        assert!(sdei
+            .dispatch_pending(1, &mut NoPc(InMemoryRegisters::default()))
+            .is_err());
+
+        // Any later access (here a call from vCPU 0) kicks vCPU 1 again.
+        call(&r, 0, &[0xC400_0020]);
+        assert_eq!(kicks.take(), [1]);
+        let mut regs = InMemoryRegisters::default();
+        assert!(sdei.dispatch_pending(1, &mut regs).unwrap().is_some());
+        assert_eq!(regs.pc, 0x1000);
     }
 
     #[test]

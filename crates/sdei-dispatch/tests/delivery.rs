@@ -361,3 +361,93 @@ fn reset_vcpu_abandons_its_handlers_and_masks_it() {
     );
     assert_eq!(vm.complete(1), CallOutcome::Returned(DENIED));
 }
+
+/// A register file that narrows like KVM's `set_core_reg`: after any write, while PSTATE is an
+/// AArch32 mode (bit 4 set), x0-x14 and PC keep only their low 32 bits. With `fail_pc`, PC
+/// writes fail.
+struct Aarch32Narrowing {
+    regs: sdei_dispatch::InMemoryRegisters,
+    fail_pc: bool,
+}
+
+impl Aarch32Narrowing {
+    fn narrow(&mut self) {
+        if self.regs.pstate & 0x10 != 0 {
+            for x in self.regs.x.iter_mut().take(15) {
+                *x &= 0xFFFF_FFFF;
+            }
+            self.regs.pc &= 0xFFFF_FFFF;
+        }
+    }
+}
+
+impl sdei_dispatch::RegisterFile for Aarch32Narrowing {
+    type Error = &'static str;
+
+    fn read_x(&mut self, n: u8) -> Result<u64, &'static str> {
+        self.regs.read_x(n).map_err(|_| "x")
+    }
+    fn write_x(&mut self, n: u8, value: u64) -> Result<(), &'static str> {
+        self.regs.write_x(n, value).map_err(|_| "x")?;
+        self.narrow();
+        Ok(())
+    }
+    fn read_control(&mut self, reg: sdei_dispatch::ControlRegister) -> Result<u64, &'static str> {
+        self.regs.read_control(reg).map_err(|_| "control")
+    }
+    fn write_control(
+        &mut self,
+        reg: sdei_dispatch::ControlRegister,
+        value: u64,
+    ) -> Result<(), &'static str> {
+        if self.fail_pc && reg == sdei_dispatch::ControlRegister::Pc {
+            return Err("PC write refused");
+        }
+        self.regs.write_control(reg, value).map_err(|_| "control")?;
+        self.narrow();
+        Ok(())
+    }
+}
+
+#[test]
+fn an_event_interrupting_aarch32_el0_enters_its_64_bit_handler_unnarrowed() {
+    const ENTRY: u64 = 0xFFFF_8000_1234_0000;
+    const ARG: u64 = 0xFFFF_0000_DEAD_BEEF;
+    let mut vm = Vm::new(1);
+    vm.ready_at(0, PRIV_NORMAL, ENTRY, ARG);
+    vm.sdei.raise(PRIV_NORMAL, Some(0)).unwrap();
+    // A 32-bit user process: AArch32 USR mode, PC in the low 4 GiB.
+    let mut regs = Aarch32Narrowing {
+        regs: vm.regs[0],
+        fail_pc: false,
+    };
+    regs.regs.pstate = 0x10;
+    regs.regs.pc = 0x0001_0000;
+
+    vm.sdei.dispatch_pending(0, &mut regs).unwrap().unwrap();
+
+    assert_eq!(regs.regs.pc, ENTRY);
+    assert_eq!(regs.regs.x[1], ARG);
+    assert_eq!((regs.regs.x[2], regs.regs.x[3]), (0x0001_0000, 0x10));
+    assert_eq!(regs.regs.pstate & 0x10, 0, "the handler runs in AArch64");
+}
+
+#[test]
+fn a_delivery_whose_register_write_fails_leaves_the_vcpu_where_it_was() {
+    let mut vm = Vm::new(1);
+    vm.ready(0, PRIV_NORMAL);
+    vm.sdei.raise(PRIV_NORMAL, Some(0)).unwrap();
+    vm.mark(0, 5);
+    let before = vm.regs[0];
+    let mut regs = Aarch32Narrowing {
+        regs: before,
+        fail_pc: true,
+    };
+
+    assert!(vm.sdei.dispatch_pending(0, &mut regs).is_err());
+
+    assert_eq!(regs.regs, before, "registers put back");
+    // Nothing was committed: the event is still there to deliver.
+    assert!(vm.sdei.pending_dispatch(0));
+    assert_eq!(vm.status(0, PRIV_NORMAL) & 4, 0, "not running");
+}

@@ -89,7 +89,9 @@ pub enum Error {
         /// Last function ID of the refused range.
         last: u32,
     },
-    /// The kernel has no SMCCC filter (Linux before 6.4).
+    /// The VM has no SMCCC filter attribute (`ENXIO`, `ENODEV` or `ENOTTY`). Kernels before
+    /// 6.4, which have no VM device attributes on arm64 at all, answer `EINVAL`, reported as
+    /// [`Error::Install`] with that errno.
     #[error("this kernel does not support the KVM SMCCC filter")]
     FilterUnsupported(#[source] io::Error),
     /// Any other failure of the filter ioctl.
