@@ -222,7 +222,6 @@ mod tests {
             pmem: Vec::new(),
             seccomp: SeccompMode::Off,
             api_socket: None,
-            restore: None,
         }
     }
 

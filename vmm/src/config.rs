@@ -1,10 +1,15 @@
-//! The command line, validated into one [`VmConfig`]; [`pmem`] holds the `--pmem`
-//! specification's rules.
+//! The command line, validated into one [`VmConfig`] (to boot) or a [`RestoreRequest`] (to
+//! restore a snapshot); [`pmem`] holds the `--pmem` specification's rules.
+//!
+//! Nothing here does I/O: what the checks need to know of the host's files comes from the
+//! caller through [`Files`] ([`crate::files::HostFiles`] asks the operating system), and a
+//! restore's configuration is derived from the manifest the caller has read
+//! ([`RestoreRequest::config`]), so the snapshot is opened once, by the code that restores it.
 
 pub mod pmem;
 
 use clap::{Parser, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Smallest guest RAM refvmm accepts: room for a kernel, its initrd and the device tree.
 pub const MIN_MEMORY: u64 = 64 << 20;
@@ -190,9 +195,34 @@ pub enum Error {
     /// The vCPU count is out of range.
     #[error("Number of vCPUs must be between 1 and {max}, got {0}", max = MAX_VCPUS)]
     Cpus(u8),
-    /// The restore options are inconsistent or the snapshot exceeds the limits.
-    #[error("Cannot restore: {0}")]
-    Restore(String),
+    /// `--max-memory` or `--max-cpus` without `--restore`.
+    #[error("--max-memory and --max-cpus limit what a snapshot may ask for: they need --restore")]
+    LimitsWithoutRestore,
+    /// The snapshot asks for more than `--max-cpus` or `--max-memory` allow.
+    #[error(
+        "Cannot restore: the snapshot asks for {cpus} vCPUs and {} MiB of RAM, more than the \
+         limits (--max-cpus {max_cpus}, --max-memory {} MiB)",
+        memory >> 20,
+        max_memory >> 20
+    )]
+    OverLimits {
+        /// vCPUs in the snapshot.
+        cpus: u8,
+        /// RAM bytes in the snapshot.
+        memory: u64,
+        /// The vCPU limit.
+        max_cpus: u8,
+        /// The RAM limit, bytes.
+        max_memory: u64,
+    },
+    /// The snapshot's manifest describes a VM refvmm cannot build.
+    #[error("Cannot restore {}: the snapshot describes an invalid VM ({problem})", dir.display())]
+    InvalidShape {
+        /// The snapshot directory given.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: ShapeProblem,
+    },
     /// The snapshot to restore cannot be read.
     #[error("Cannot restore {}", dir.display())]
     Snapshot {
@@ -211,6 +241,17 @@ pub enum Error {
     /// The API socket options are inconsistent.
     #[error("API socket: {0}")]
     ApiSocket(String),
+}
+
+/// What is wrong with a snapshot's VM shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeProblem {
+    /// A vCPU count outside 1..=MAX_VCPUS.
+    #[error("{0} vCPUs")]
+    Cpus(u8),
+    /// A RAM size outside the limits or not a multiple of 2 MiB.
+    #[error("{0} bytes of memory")]
+    Memory(u64),
 }
 
 /// Result of configuration checks.
@@ -255,8 +296,86 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// The API socket and who may use it.
     pub api_socket: Option<crate::api::ApiSocket>,
-    /// Restore from this snapshot directory instead of booting.
-    pub restore: Option<PathBuf>,
+}
+
+/// What the configuration checks need to know of the host's files. Config asks this of its
+/// caller and does no I/O itself; [`crate::files::HostFiles`] asks the operating system, a
+/// fuzzer or a test can answer from a table.
+pub trait Files {
+    /// The length of the kernel or initrd at `path`, which must be a regular file that can be
+    /// opened for reading.
+    fn image(&self, path: &Path) -> std::result::Result<u64, FileError>;
+    /// What the `--pmem file=` backing at `path` is.
+    fn pmem(&self, path: &Path) -> std::result::Result<pmem::FileFacts, pmem::SpecError>;
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// Boot a kernel.
+    Boot(VmConfig),
+    /// Restore a snapshot.
+    Restore(RestoreRequest),
+}
+
+/// A `--restore`: the snapshot directory and the limits on what it may ask for, plus the
+/// options that belong to this process rather than to the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// The most guest RAM the snapshot may ask for, bytes.
+    pub max_memory: u64,
+    /// The most vCPUs the snapshot may ask for.
+    pub max_cpus: u8,
+    /// Seccomp mode.
+    pub seccomp: SeccompMode,
+    /// The API socket and who may use it.
+    pub api_socket: Option<crate::api::ApiSocket>,
+}
+
+impl RestoreRequest {
+    /// The configuration of the VM the snapshot (whose manifest records `shape`) was taken
+    /// of, checked against refvmm's bounds and this request's limits before anything is
+    /// built.
+    pub fn config(&self, shape: &crate::snapshot::VmShape) -> Result<VmConfig> {
+        let invalid = |problem| Error::InvalidShape {
+            dir: self.dir.clone(),
+            problem,
+        };
+        if shape.cpus == 0 || shape.cpus > MAX_VCPUS {
+            return Err(invalid(ShapeProblem::Cpus(shape.cpus)));
+        }
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&shape.memory) || shape.memory % (2 << 20) != 0 {
+            return Err(invalid(ShapeProblem::Memory(shape.memory)));
+        }
+        if shape.memory > self.max_memory || shape.cpus > self.max_cpus {
+            return Err(Error::OverLimits {
+                cpus: shape.cpus,
+                memory: shape.memory,
+                max_cpus: self.max_cpus,
+                max_memory: self.max_memory,
+            });
+        }
+        Ok(VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: shape.cmdline.clone(),
+            cpus: shape.cpus,
+            memory: shape.memory,
+            mte: shape.mte,
+            sdei: shape.sdei,
+            features: CpuFeatures {
+                pmu: shape.pmu,
+                sve: shape.sve,
+                pauth: shape.pauth,
+            },
+            its: false,
+            pmem: Vec::new(),
+            seccomp: self.seccomp,
+            api_socket: self.api_socket.clone(),
+        })
+    }
 }
 
 /// Parses `512M`, `1G`, `1048576`, `64m` ... into bytes.
@@ -281,22 +400,10 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| "too large".to_string())
 }
 
-fn check_file(path: &PathBuf) -> std::result::Result<u64, FileError> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => FileError::NotFound,
-        _ => FileError::Inspect(e),
-    })?;
-    if !meta.is_file() {
-        return Err(FileError::NotAFile);
-    }
-    std::fs::File::open(path).map_err(FileError::Open)?;
-    Ok(meta.len())
-}
-
-impl TryFrom<Cli> for VmConfig {
-    type Error = Error;
-
-    fn try_from(cli: Cli) -> Result<Self> {
+impl Launch {
+    /// Validates the command line; `files` answers what the checks need to know of the
+    /// files it names.
+    pub fn from_cli(cli: Cli, files: &impl Files) -> Result<Self> {
         let api_socket = match cli.api_socket {
             Some(path) => Some(
                 crate::api::ApiSocket::new(
@@ -309,35 +416,23 @@ impl TryFrom<Cli> for VmConfig {
             None => None,
         };
         if cli.restore.is_none() && (cli.max_memory.is_some() || cli.max_cpus.is_some()) {
-            return Err(Error::Restore(
-                "--max-memory and --max-cpus limit what a snapshot may ask for: they need --restore".into(),
-            ));
+            return Err(Error::LimitsWithoutRestore);
         }
         if let Some(dir) = cli.restore {
             let max_memory = match &cli.max_memory {
                 Some(s) => parse_size(s).map_err(|e| Error::Memory(s.clone(), e))?,
                 None => MAX_MEMORY,
             };
-            let max_cpus = cli.max_cpus.unwrap_or(MAX_VCPUS);
-            let cfg = crate::snapshot::Reader::open(&dir)
-                .and_then(|r| r.manifest.shape.to_config(&dir, cli.seccomp, api_socket))
-                .map_err(|source| Error::Snapshot {
-                    dir: dir.clone(),
-                    source,
-                })?;
-            if cfg.memory > max_memory || cfg.cpus > max_cpus {
-                return Err(Error::Restore(format!(
-                    "the snapshot asks for {} vCPUs and {} MiB of RAM, more than the limits \
-                     (--max-cpus {max_cpus}, --max-memory {} MiB)",
-                    cfg.cpus,
-                    cfg.memory >> 20,
-                    max_memory >> 20
-                )));
-            }
-            return Ok(cfg);
+            return Ok(Launch::Restore(RestoreRequest {
+                dir,
+                max_memory,
+                max_cpus: cli.max_cpus.unwrap_or(MAX_VCPUS),
+                seccomp: cli.seccomp,
+                api_socket,
+            }));
         }
         let kernel = cli.kernel.ok_or(Error::NoKernel)?;
-        let klen = check_file(&kernel).map_err(|problem| Error::Kernel {
+        let klen = files.image(&kernel).map_err(|problem| Error::Kernel {
             path: kernel.clone(),
             problem,
         })?;
@@ -348,7 +443,7 @@ impl TryFrom<Cli> for VmConfig {
             });
         }
         if let Some(p) = &cli.initrd {
-            check_file(p).map_err(|problem| Error::Initrd {
+            files.image(p).map_err(|problem| Error::Initrd {
                 path: p.clone(),
                 problem,
             })?;
@@ -384,8 +479,8 @@ impl TryFrom<Cli> for VmConfig {
         if cli.cmdline.contains('\0') {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
-        let pmem = pmem::validate_all(&cli.pmem, memory, cli.mte, crate::pmem_backing::inspect)?;
-        Ok(VmConfig {
+        let pmem = pmem::validate_all(&cli.pmem, memory, cli.mte, |p| files.pmem(p))?;
+        Ok(Launch::Boot(VmConfig {
             kernel,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
@@ -402,8 +497,7 @@ impl TryFrom<Cli> for VmConfig {
             pmem,
             seccomp: cli.seccomp,
             api_socket,
-            restore: None,
-        })
+        }))
     }
 }
 
@@ -411,16 +505,65 @@ impl TryFrom<Cli> for VmConfig {
 mod tests {
     use super::*;
 
-    fn kernel_file() -> tempfile_lite::TempFile {
-        tempfile_lite::TempFile::with_contents(b"not really a kernel")
+    /// The host's files as the tests see them: a kernel at [`KERNEL`], a 4 KiB pmem file at
+    /// [`SMALL`], a directory at `/`; every other path names nothing.
+    struct Table;
+
+    const KERNEL: &str = "/img/Image";
+    const SMALL: &str = "/img/small";
+
+    impl Files for Table {
+        fn image(&self, path: &Path) -> std::result::Result<u64, FileError> {
+            match path.to_str() {
+                Some(KERNEL) => Ok(19),
+                Some("/img/empty") => Ok(0),
+                Some("/") => Err(FileError::NotAFile),
+                Some(p) if p.starts_with("/img/Image/") => Err(FileError::Inspect(
+                    std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                )),
+                _ => Err(FileError::NotFound),
+            }
+        }
+
+        fn pmem(&self, path: &Path) -> std::result::Result<pmem::FileFacts, pmem::SpecError> {
+            match path.to_str() {
+                Some(SMALL) => Ok(pmem::FileFacts {
+                    len: 4096,
+                    backing: mte_memory::BackingKind::Shmem,
+                }),
+                _ => Err(pmem::SpecError::MissingFile {
+                    path: path.to_path_buf(),
+                }),
+            }
+        }
+    }
+
+    /// A stand-in for the kernel file the options name.
+    struct Kernel;
+
+    impl Kernel {
+        fn path_str(&self) -> &'static str {
+            KERNEL
+        }
+    }
+
+    fn kernel_file() -> Kernel {
+        Kernel
     }
 
     fn cli(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("refvmm").chain(args.iter().copied()))
     }
 
+    fn launch(args: &[&str]) -> Result<Launch> {
+        Launch::from_cli(cli(args).expect("clap accepts"), &Table)
+    }
+
     fn config(args: &[&str]) -> Result<VmConfig> {
-        VmConfig::try_from(cli(args).expect("clap accepts"))
+        match launch(args)? {
+            Launch::Boot(c) => Ok(c),
+            Launch::Restore(r) => panic!("a restore, not a boot: {r:?}"),
+        }
     }
 
     #[test]
@@ -457,8 +600,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_kernel_path_names_the_os_error_once() {
-        let k = kernel_file();
-        let below_a_file = format!("{}/Image", k.path_str());
+        let below_a_file = format!("{KERNEL}/Image");
         let e = config(&["--kernel", &below_a_file]).unwrap_err();
         assert!(matches!(
             &e,
@@ -472,6 +614,12 @@ mod tests {
             text,
             format!("Kernel {below_a_file}: cannot inspect it: Not a directory (os error 20)")
         );
+    }
+
+    #[test]
+    fn an_empty_kernel_is_refused() {
+        let e = config(&["--kernel", "/img/empty"]).unwrap_err();
+        assert_eq!(crate::error_chain(&e), "Kernel /img/empty: empty file");
     }
 
     #[test]
@@ -523,33 +671,93 @@ mod tests {
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
-    #[test]
-    fn restore_limits_refuse_a_larger_snapshot_before_anything_is_built() {
-        let dir = std::env::temp_dir().join(format!("refvmm-cfg-restore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let shape = crate::snapshot::VmShape {
-            cpus: 2,
-            memory: 512 << 20,
-            mte: false,
-            sdei: false,
+    fn shape(cpus: u8, memory: u64) -> crate::snapshot::VmShape {
+        crate::snapshot::VmShape {
+            cpus,
+            memory,
+            mte: true,
+            sdei: true,
             pmu: false,
             sve: false,
-            pauth: false,
-            cmdline: String::new(),
-        };
-        let w = crate::snapshot::Writer::create(&dir).unwrap();
-        w.finish(shape, vec![0x8000_0000, 0x8000_0001]).unwrap();
-        let d = dir.to_str().unwrap();
-        let ok = config(&["--restore", d, "--max-memory", "512M", "--max-cpus", "2"]).unwrap();
+            pauth: true,
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    fn restore_request(args: &[&str]) -> RestoreRequest {
+        match launch(args).unwrap() {
+            Launch::Restore(r) => r,
+            Launch::Boot(c) => panic!("a boot, not a restore: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restore_opens_nothing_and_takes_the_vm_from_the_snapshot() {
+        let r = restore_request(&["--restore", "/no/such/snapshot", "--seccomp", "log"]);
+        assert_eq!(r.dir, PathBuf::from("/no/such/snapshot"));
+        assert_eq!((r.max_cpus, r.max_memory), (MAX_VCPUS, MAX_MEMORY));
+        let c = r.config(&shape(2, 512 << 20)).unwrap();
+        assert_eq!(
+            (c.cpus, c.memory, c.mte, c.sdei),
+            (2, 512 << 20, true, true)
+        );
+        assert!(c.features.pauth && !c.features.pmu);
+        assert_eq!(c.seccomp, SeccompMode::Log);
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert!(c.pmem.is_empty() && !c.its);
+    }
+
+    #[test]
+    fn restore_limits_refuse_a_larger_snapshot_before_anything_is_built() {
+        let args = ["--restore", "/s", "--max-memory", "512M", "--max-cpus", "2"];
+        let ok = restore_request(&args).config(&shape(2, 512 << 20)).unwrap();
         assert_eq!((ok.cpus, ok.memory), (2, 512 << 20));
         for args in [["--max-memory", "256M"], ["--max-cpus", "1"]] {
-            let e = config(&["--restore", d, args[0], args[1]]).unwrap_err();
+            let e = restore_request(&["--restore", "/s", args[0], args[1]])
+                .config(&shape(2, 512 << 20))
+                .unwrap_err();
+            assert!(matches!(e, Error::OverLimits { cpus: 2, .. }), "{e:?}");
             assert!(e.to_string().contains("more than the limits"), "{e}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        let k = kernel_file();
-        let e = config(&["--kernel", k.path_str(), "--max-cpus", "1"]).unwrap_err();
+        let e = launch(&["--restore", "/s", "--max-memory", "lots"]).unwrap_err();
+        assert!(matches!(e, Error::Memory(..)), "{e:?}");
+        let e = config(&["--kernel", KERNEL, "--max-cpus", "1"]).unwrap_err();
+        assert!(matches!(e, Error::LimitsWithoutRestore), "{e:?}");
         assert!(e.to_string().contains("they need --restore"), "{e}");
+    }
+
+    #[test]
+    fn an_impossible_snapshot_shape_is_refused() {
+        let r = restore_request(&["--restore", "/s"]);
+        for (bad, problem) in [
+            (shape(0, 512 << 20), ShapeProblem::Cpus(0)),
+            (
+                shape(MAX_VCPUS + 1, 512 << 20),
+                ShapeProblem::Cpus(MAX_VCPUS + 1),
+            ),
+            (
+                shape(1, MIN_MEMORY - (2 << 20)),
+                ShapeProblem::Memory(MIN_MEMORY - (2 << 20)),
+            ),
+            (
+                shape(1, MAX_MEMORY + (2 << 20)),
+                ShapeProblem::Memory(MAX_MEMORY + (2 << 20)),
+            ),
+            (
+                shape(1, (512 << 20) + 4096),
+                ShapeProblem::Memory((512 << 20) + 4096),
+            ),
+        ] {
+            let e = r.config(&bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidShape { problem: p, .. } if *p == problem),
+                "{e:?}"
+            );
+        }
+        assert_eq!(
+            r.config(&shape(0, 512 << 20)).unwrap_err().to_string(),
+            "Cannot restore /s: the snapshot describes an invalid VM (0 vCPUs)"
+        );
     }
 
     #[test]
@@ -651,8 +859,7 @@ mod tests {
         assert!(e.to_string().contains("must not be zero"), "{e}");
         let e = config(&["--kernel", k.path_str(), "--pmem", "disk=/x"]).unwrap_err();
         assert!(e.to_string().contains("unknown key"), "{e}");
-        let small = tempfile_lite::TempFile::with_contents(&[0; 4096]);
-        let spec = format!("file={},size=2M", small.path_str());
+        let spec = format!("file={SMALL},size=2M");
         let e = config(&["--kernel", k.path_str(), "--pmem", &spec]).unwrap_err();
         assert!(e.to_string().contains("fewer than size=2097152"), "{e}");
     }
@@ -661,37 +868,5 @@ mod tests {
     fn pmem_conflicts_with_restore() {
         let e = cli(&["--restore", "/snap", "--pmem", "memfd,size=2M"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
-    }
-
-    /// A tiny self-deleting temporary file, to avoid a dependency for tests.
-    mod tempfile_lite {
-        use std::path::PathBuf;
-
-        pub struct TempFile(PathBuf, String);
-
-        impl TempFile {
-            pub fn with_contents(data: &[u8]) -> Self {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "refvmm-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::write(&p, data).unwrap();
-                let s = p.to_string_lossy().into_owned();
-                TempFile(p, s)
-            }
-
-            pub fn path_str(&self) -> &str {
-                &self.1
-            }
-        }
-
-        impl Drop for TempFile {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
     }
 }

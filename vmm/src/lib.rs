@@ -9,8 +9,10 @@ pub mod api;
 pub mod config;
 pub mod devices;
 pub mod fdt;
+pub mod files;
 pub mod layout;
 pub mod logger;
+pub mod persist;
 pub mod pmem_backing;
 pub mod psci;
 pub mod sandbox;
@@ -19,8 +21,8 @@ pub mod sandbox;
 pub mod boot;
 #[cfg(target_arch = "aarch64")]
 pub mod eventloop;
-#[cfg(target_arch = "aarch64")]
 pub mod gic;
+pub mod kvm_abi;
 #[cfg(target_arch = "aarch64")]
 pub mod memory;
 #[cfg(target_arch = "aarch64")]
@@ -28,7 +30,6 @@ pub mod regs;
 #[cfg(target_arch = "aarch64")]
 pub mod sdei;
 pub mod snapshot;
-#[cfg(target_arch = "aarch64")]
 pub mod vcpu;
 #[cfg(target_arch = "aarch64")]
 pub mod vm;

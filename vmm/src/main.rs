@@ -15,21 +15,43 @@ fn main() -> ExitCode {
         return ctl();
     }
     let cli = config::Cli::parse();
-    let cfg = match config::VmConfig::try_from(cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("refvmm: {}", refvmm::error_chain(&e));
-            return ExitCode::from(exit_status::CONFIG);
-        }
+    let launch = match config::Launch::from_cli(cli, &refvmm::files::HostFiles) {
+        Ok(l) => l,
+        Err(e) => return config_error(&e),
     };
-    run(cfg)
+    run(launch)
+}
+
+fn config_error(e: &config::Error) -> ExitCode {
+    eprintln!("refvmm: {}", refvmm::error_chain(e));
+    ExitCode::from(exit_status::CONFIG)
 }
 
 #[cfg(target_arch = "aarch64")]
-fn run(cfg: config::VmConfig) -> ExitCode {
+fn run(launch: config::Launch) -> ExitCode {
     use refvmm::vcpu::VcpuStop;
-    use refvmm::vm;
-    match vm::run(&cfg) {
+    use refvmm::{snapshot, vm};
+    let result = match launch {
+        config::Launch::Boot(cfg) => vm::boot(&cfg),
+        config::Launch::Restore(request) => {
+            // The snapshot is opened once: its manifest gives the configuration, and the same
+            // reader restores it.
+            let reader = match snapshot::Reader::open(&request.dir) {
+                Ok(r) => r,
+                Err(source) => {
+                    return config_error(&config::Error::Snapshot {
+                        dir: request.dir,
+                        source,
+                    })
+                }
+            };
+            match request.config(&reader.manifest.shape) {
+                Ok(cfg) => vm::restore(&cfg, reader),
+                Err(e) => return config_error(&e),
+            }
+        }
+    };
+    match result {
         Ok(VcpuStop::Poweroff) => ExitCode::from(exit_status::POWEROFF),
         Ok(VcpuStop::Reset) => {
             eprintln!("refvmm: the guest reset the machine");
@@ -55,7 +77,7 @@ fn run(cfg: config::VmConfig) -> ExitCode {
 }
 
 #[cfg(not(target_arch = "aarch64"))]
-fn run(_cfg: config::VmConfig) -> ExitCode {
+fn run(_launch: config::Launch) -> ExitCode {
     eprintln!("refvmm: runs only on aarch64 hosts with KVM");
     ExitCode::from(exit_status::CONFIG)
 }

@@ -2,11 +2,16 @@
 //! `SharedGuestMemory`), MTE enabled on the VM before any vCPU exists when the guest has MTE,
 //! and every memory slot (RAM and the pmem regions) registered through mte-memory's
 //! `MemorySlots` under the slot numbers of [`crate::layout`], with or without MTE.
+//!
+//! Its saved state: the MTE tags through [`Persist`] for [`Tags`] (`mte-tags.bin`), and guest
+//! RAM, too large for a value, streamed by [`save_ram`] and [`restore_ram`] (`memory.bin`).
 
 use crate::layout;
+use crate::persist::{Persist, Stored};
+use crate::snapshot;
 use kvm_ioctls::VmFd;
 use mte_memory::kvm::{self, KvmTagStore, MemorySlots, MteEnabled, SlotFlags};
-use mte_memory::{SharedGuestMemory, SharedMemoryConfig};
+use mte_memory::{SharedGuestMemory, SharedMemoryConfig, TagSnapshot};
 use std::sync::Arc;
 use vm_memory::{GuestAddress, MmapRegion};
 
@@ -119,4 +124,156 @@ pub fn create(kvm: &kvm_ioctls::Kvm, size: u64, mte: bool) -> Result<(Vm, Arc<Sh
         .add_guest_memory(&fd, &[layout::RAM_SLOT], &mem, SlotFlags::default())
         .map_err(Error::Slot)?;
     Ok((Vm { fd, slots }, mem))
+}
+
+/// The guest's MTE tags: the part of its memory [`Persist`] saves and restores (RAM itself
+/// streams, see [`save_ram`]).
+pub struct Tags<'a> {
+    vm: &'a Vm,
+    mem: &'a SharedGuestMemory,
+}
+
+impl<'a> Tags<'a> {
+    /// The tags of `mem`, the guest RAM of `vm`; `None` if the VM has no MTE.
+    pub fn of(vm: &'a Vm, mem: &'a SharedGuestMemory) -> Option<Self> {
+        vm.mte().map(|_| Tags { vm, mem })
+    }
+
+    fn store(&self) -> std::result::Result<KvmTagStore<'a>, StateError> {
+        self.vm.tag_store().ok_or(StateError::NoMte)
+    }
+}
+
+/// Saved MTE tags (`mte-tags.bin`: mte-memory's `TagSnapshot`, behind its own header).
+#[derive(Debug, Clone)]
+pub struct MteTags(pub TagSnapshot);
+
+impl Stored for MteTags {
+    const FILE: &'static str = "mte-tags.bin";
+
+    fn encode(&self) -> snapshot::Result<Vec<u8>> {
+        Ok(self.0.encode())
+    }
+
+    fn decode(bytes: &[u8]) -> snapshot::Result<Self> {
+        TagSnapshot::decode(bytes)
+            .map(MteTags)
+            .map_err(|e| snapshot::Error::Part {
+                what: "MTE tags",
+                source: Box::new(e),
+            })
+    }
+}
+
+/// Why guest memory or its tags cannot be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// mte-memory refused to capture or put back the tags.
+    #[error("Cannot move the MTE tags")]
+    Tags(#[source] mte_memory::snapshot::Error),
+    /// The tags describe other memory regions than this VM's.
+    #[error("The MTE tags describe other memory regions than this VM's")]
+    Regions,
+    /// The VM has no MTE (a refvmm bug: [`Tags::of`] hands out none then).
+    #[error("The VM has no MTE")]
+    NoMte,
+    /// The snapshot has MTE tags but the VM has no MTE.
+    #[error("The snapshot has MTE tags but the VM has no MTE")]
+    UnexpectedTags,
+    /// `memory.bin` is not as large as guest RAM.
+    #[error("memory.bin has {file} bytes for {ram} bytes of guest RAM")]
+    RamSize {
+        /// Bytes in the file.
+        file: u64,
+        /// Bytes of guest RAM.
+        ram: u64,
+    },
+    /// Reading or writing a snapshot file.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+}
+
+impl Persist for Tags<'_> {
+    type State = MteTags;
+    type Error = StateError;
+
+    /// The VM is paused.
+    fn save(&self) -> std::result::Result<MteTags, StateError> {
+        TagSnapshot::capture_full(&self.store()?, &self.mem.regions())
+            .map(MteTags)
+            .map_err(StateError::Tags)
+    }
+
+    /// Call after [`restore_ram`] (writing RAM through the mapping does not keep tags).
+    fn restore(self, state: &MteTags) -> std::result::Result<Self, StateError> {
+        let theirs = state.0.regions().iter().map(|r| r.base());
+        let ours = self.mem.regions();
+        if !theirs.eq(ours.iter().map(|r| r.0)) {
+            return Err(StateError::Regions);
+        }
+        state
+            .0
+            .restore(&mut self.store()?)
+            .map_err(StateError::Tags)?;
+        Ok(self)
+    }
+}
+
+/// The guest RAM's file in a snapshot.
+pub const RAM_FILE: &str = "memory.bin";
+
+/// Writes guest RAM into the snapshot as [`RAM_FILE`] (the VM is paused).
+pub fn save_ram(mem: &Arc<SharedGuestMemory>, w: &mut snapshot::Writer) -> snapshot::Result<()> {
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    let mem = mem.clone();
+    w.put_with(RAM_FILE, move |out| {
+        // Through vm-memory's volatile accessors into a bounce buffer: the memfd is shared
+        // with other processes, so no Rust reference to guest RAM is ever formed.
+        let mut buf = vec![0u8; 1 << 20];
+        for region in mem.memory().iter() {
+            let len = region.len();
+            let mut off = 0u64;
+            while off < len {
+                let n = (len - off).min(buf.len() as u64) as usize;
+                region
+                    .read_slice(&mut buf[..n], vm_memory::MemoryRegionAddress(off))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                out.write_all(&buf[..n])?;
+                off += n as u64;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Fills guest RAM from the snapshot's [`RAM_FILE`], whose length must be the RAM's; then,
+/// if the VM has MTE, puts back the tags. A snapshot with tags for a VM without MTE is
+/// refused.
+pub fn restore_ram(
+    r: &snapshot::Reader,
+    vm: &Vm,
+    mem: &SharedGuestMemory,
+) -> std::result::Result<(), StateError> {
+    use vm_memory::Bytes;
+    let ram: u64 = mem.regions().iter().map(|r| r.1).sum();
+    let file = r.len_of(RAM_FILE)?;
+    if file != ram {
+        return Err(StateError::RamSize { file, ram });
+    }
+    r.stream(RAM_FILE, |off, chunk| {
+        mem.memory()
+            .write_slice(chunk, GuestAddress(layout::RAM_BASE + off))
+            .map_err(|e| snapshot::Error::Part {
+                what: "guest memory",
+                source: Box::new(e),
+            })
+    })?;
+    match Tags::of(vm, mem) {
+        Some(tags) => {
+            tags.restore(&r.state::<MteTags>()?)?;
+        }
+        None if r.has(MteTags::FILE) => return Err(StateError::UnexpectedTags),
+        None => {}
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@
 //! | `0x0100_0002` | shared | normal |
 //! | `0x0100_0003` | shared | critical |
 
+use crate::persist::{Persist, Stored};
 use crate::psci::{Power, PowerTable, Psci};
 use crate::regs;
 use crate::vcpu::{HypercallHandler, Kicker};
@@ -91,9 +92,6 @@ pub enum Error {
     /// The dispatcher refused refvmm's SDEI configuration (a refvmm bug).
     #[error("The SDEI dispatcher refused refvmm's configuration")]
     Config(#[source] sdei_dispatch::ConfigError),
-    /// The SDEI snapshot cannot be restored into this VM.
-    #[error("Cannot restore the SDEI state")]
-    Load(#[source] sdei_migration::SnapshotError),
     /// The router refused the service.
     #[error("The hypercall router refused the {0} service")]
     Route(&'static str, #[source] hypercall_router::RouterError),
@@ -119,6 +117,56 @@ pub struct Sdei {
     /// What a vCPU turned on by `CPU_ON` resets itself with (`KVM_ARM_VCPU_INIT`).
     reset_init: kvm_vcpu_init,
     mpidrs: Vec<u64>,
+    /// Whether the guest has MTE (the dispatcher's configuration depends on it).
+    mte: bool,
+}
+
+/// The SDEI dispatcher's saved state: an sdei-migration snapshot (`sdei.bin`), decoded and
+/// checked by [`Sdei`]'s restore against the VM's own dispatcher configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdeiState(pub Vec<u8>);
+
+impl Stored for SdeiState {
+    const FILE: &'static str = "sdei.bin";
+
+    fn encode(&self) -> crate::snapshot::Result<Vec<u8>> {
+        Ok(self.0.clone())
+    }
+
+    fn decode(bytes: &[u8]) -> crate::snapshot::Result<Self> {
+        Ok(SdeiState(bytes.to_vec()))
+    }
+}
+
+/// Why the SDEI state cannot be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The dispatcher's state does not encode.
+    #[error("Cannot save the SDEI dispatcher")]
+    Save(#[source] sdei_migration::SnapshotError),
+    /// The saved state does not decode or does not fit this VM's dispatcher.
+    #[error("Cannot load the SDEI dispatcher")]
+    Load(#[source] sdei_migration::SnapshotError),
+}
+
+impl Persist for Sdei {
+    type State = SdeiState;
+    type Error = StateError;
+
+    fn save(&self) -> std::result::Result<SdeiState, StateError> {
+        sdei_migration::save(&self.service.dispatcher())
+            .map(SdeiState)
+            .map_err(StateError::Save)
+    }
+
+    /// The dispatcher is replaced by the saved one, checked against this VM's configuration;
+    /// the vCPUs it leaves with an event to deliver are kicked (none runs yet).
+    fn restore(self, state: &SdeiState) -> std::result::Result<Self, StateError> {
+        let loaded = sdei_migration::load(&state.0, Self::config(&self.mpidrs, self.mte))
+            .map_err(StateError::Load)?;
+        *self.service.dispatcher() = loaded;
+        Ok(self)
+    }
 }
 
 impl Sdei {
@@ -145,6 +193,7 @@ impl Sdei {
     fn with_service(
         service: SdeiService,
         mpidrs: &[u64],
+        mte: bool,
         kicker: Arc<Kicker>,
         reset_init: kvm_vcpu_init,
     ) -> Result<Self> {
@@ -164,6 +213,7 @@ impl Sdei {
             router: b.build(),
             reset_init,
             mpidrs: mpidrs.to_vec(),
+            mte,
         })
     }
 
@@ -178,26 +228,7 @@ impl Sdei {
         let k = kicker.clone();
         let service = SdeiService::new(Self::config(mpidrs, mte), move |i| k.kick(i))
             .map_err(Error::Config)?;
-        Self::with_service(service, mpidrs, kicker, reset_init)
-    }
-
-    /// SDEI restored from an sdei-migration snapshot taken of a VM with the same vCPUs.
-    pub fn restore(
-        mpidrs: &[u64],
-        mte: bool,
-        kicker: Arc<Kicker>,
-        reset_init: kvm_vcpu_init,
-        bytes: &[u8],
-    ) -> Result<Self> {
-        let dispatcher =
-            sdei_migration::load(bytes, Self::config(mpidrs, mte)).map_err(Error::Load)?;
-        let k = kicker.clone();
-        Self::with_service(
-            SdeiService::from_dispatcher(dispatcher, move |i| k.kick(i)),
-            mpidrs,
-            kicker,
-            reset_init,
-        )
+        Self::with_service(service, mpidrs, mte, kicker, reset_init)
     }
 
     /// Takes each vCPU's power state from KVM (stopped = off), once the vCPUs are set up for
@@ -263,11 +294,6 @@ impl Sdei {
                 "vCPU {index}: cannot start after CPU_ON: {e}"
             ),
         }
-    }
-
-    /// The dispatcher's state in sdei-migration's format.
-    pub fn save(&self) -> std::result::Result<Vec<u8>, sdei_migration::SnapshotError> {
-        sdei_migration::save(&self.service.dispatcher())
     }
 
     /// Asks KVM to forward the SDEI function IDs (before any vCPU runs).

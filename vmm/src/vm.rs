@@ -1,10 +1,15 @@
 //! Builds a VM from a [`VmConfig`] and runs it until the guest stops it.
+//!
+//! Two ways in, one way on: [`boot`] loads a kernel into freshly built parts, [`restore`]
+//! gives the same parts the state of a snapshot ([`crate::persist`]), and both hand them to
+//! one run loop. [`Parts::build`] is what they share: the VM and its memory, the vCPUs, the
+//! GIC, the console's interrupt and the virtio-pmem devices, all as boot would have them.
 
 use crate::api::{self, ApiHandler, Request};
 use crate::boot;
 use crate::config::VmConfig;
 use crate::devices::console_out::{self, OutputQueue, QueuedOutput};
-use crate::devices::serial::Console;
+use crate::devices::serial::{Console, ConsoleState};
 use crate::devices::virtio::pmem::PmemDevice;
 use crate::devices::virtio::MmioTransport;
 use crate::devices::MmioBus;
@@ -13,17 +18,20 @@ use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
 use crate::layout;
 use crate::memory::{self, Vm};
+use crate::persist::{Persist, Stored};
 use crate::pmem_backing::PmemBacking;
 use crate::sandbox::{self, Category, Sandbox};
 use crate::sdei::{self, Sdei};
 use crate::snapshot;
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{
     self, install_kick_handler, HypercallHandler, Kicker, Vcpu, VcpuControl, VcpuStop,
 };
 use kvm_ioctls::Kvm;
-use mte_memory::{SharedGuestMemory, TagSnapshot};
+use mte_memory::SharedGuestMemory;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -79,9 +87,16 @@ pub enum Error {
     /// A snapshot file.
     #[error(transparent)]
     Snapshot(snapshot::Error),
-    /// A snapshot that cannot be restored into this VM.
-    #[error("Cannot restore: {0}")]
-    Restore(String),
+    /// A snapshot of a VM with other vCPUs.
+    #[error(
+        "Cannot restore: the snapshot's vCPUs have MPIDRs {snapshot:x?}, this VM's are {vm:x?}"
+    )]
+    OtherVcpus {
+        /// The snapshot's.
+        snapshot: Vec<u64>,
+        /// This VM's.
+        vm: Vec<u64>,
+    },
     /// A part of a snapshot that cannot be restored into this VM.
     #[error("Cannot restore the {what} from the snapshot")]
     RestorePart {
@@ -112,7 +127,7 @@ impl Error {
                 | Error::Api(_)
                 | Error::Unsupported { .. }
                 | Error::Snapshot(_)
-                | Error::Restore(_)
+                | Error::OtherVcpus { .. }
                 | Error::RestorePart { .. }
                 | Error::Pmem(_)
         ) || matches!(self, Error::Memory(e) if e.is_user_error())
@@ -163,6 +178,203 @@ fn check_features(kvm: &Kvm, cfg: &VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// What boot and restore build alike, before either gives it a state: built as boot would
+/// have it, with every vCPU at reset.
+struct Parts {
+    vm: Vm,
+    mem: Arc<SharedGuestMemory>,
+    vcpus: Vec<Vcpu>,
+    mpidrs: Vec<u64>,
+    kicker: Arc<Kicker>,
+    gic: Gic,
+    bus: MmioBus,
+    /// The virtio-mmio slots in use, as (base, SPI), for the device tree.
+    virtio: Vec<(u64, u32)>,
+}
+
+impl Parts {
+    /// The parts, and the console's interrupt (registered as an irqfd): the console itself
+    /// is built last, once the GIC holds its state.
+    fn build(cfg: &VmConfig) -> Result<(Self, EventFd)> {
+        let kvm = Kvm::new().map_err(Error::Kvm)?;
+        check_features(&kvm, cfg)?;
+        let (mut vm, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
+        log::info!(
+            "guest memory ready ({} MiB, MTE {})",
+            cfg.memory >> 20,
+            cfg.mte
+        );
+        let base_init = Vcpu::preferred_init(vm.fd())?;
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
+        for i in 0..cfg.cpus {
+            let fd = vm
+                .fd()
+                .create_vcpu(u64::from(i))
+                .map_err(|e| Error::CreateVcpu(i, e))?;
+            vcpus.push(Vcpu::new(fd, i, &base_init, cfg.features)?);
+        }
+        let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
+        let kicker = Arc::new(Kicker::new(vcpus.len()));
+        install_kick_handler().map_err(|source| Error::Device {
+            what: "vCPU kick signal",
+            source,
+        })?;
+        let mut gic = Gic::new(vm.fd(), &mpidrs)?;
+        if cfg.its {
+            gic.add_its(vm.fd())?;
+        }
+        if cfg.features.pmu {
+            for v in &vcpus {
+                v.init_pmu(layout::PMU_PPI)?;
+            }
+        }
+        log::info!("{} vCPUs and the GIC ready", cfg.cpus);
+        let mut bus = MmioBus::default();
+        let uart_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Device {
+            what: "console interrupt",
+            source,
+        })?;
+        vm.fd()
+            .register_irqfd(&uart_irq, layout::UART_SPI)
+            .map_err(|e| Error::Device {
+                what: "console interrupt",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?;
+        let virtio = add_pmem_devices(cfg, &mut vm, &mem, &mut bus)?;
+        let parts = Parts {
+            vm,
+            mem,
+            vcpus,
+            mpidrs,
+            kicker,
+            gic,
+            bus,
+            virtio,
+        };
+        Ok((parts, uart_irq))
+    }
+
+    /// SDEI for these vCPUs, as at boot.
+    fn sdei(&self, cfg: &VmConfig) -> Result<Sdei> {
+        let reset_init = self.vcpus.first().map(Vcpu::reset_init).unwrap_or_default();
+        Ok(Sdei::new(
+            &self.mpidrs,
+            cfg.mte,
+            self.kicker.clone(),
+            reset_init,
+        )?)
+    }
+}
+
+/// Boots the kernel (and initrd) `cfg` names and runs the VM; returns how the guest
+/// stopped it.
+pub fn boot(cfg: &VmConfig) -> Result<VcpuStop> {
+    let (parts, uart_irq) = Parts::build(cfg)?;
+    let loaded = boot::load_images(parts.mem.memory(), cfg)?;
+    let blob = fdt::build(&FdtConfig {
+        mpidrs: parts.mpidrs.clone(),
+        memory: cfg.memory,
+        cmdline: cfg.cmdline.clone(),
+        initrd: loaded.initrd,
+        sdei: cfg.sdei,
+        pmu: cfg.features.pmu,
+        its: cfg.its,
+        virtio: parts.virtio.clone(),
+    })?;
+    let fdt_addr = boot::write_fdt(parts.mem.memory(), cfg.memory, &blob)?;
+    if let Some(boot_cpu) = parts.vcpus.first() {
+        boot_cpu.set_boot_regs(loaded.entry, fdt_addr)?;
+    }
+    let sdei = cfg.sdei.then(|| parts.sdei(cfg)).transpose()?;
+    let console_out = OutputQueue::new(console_out::CAPACITY);
+    let console = Console::new(uart_irq, console_out.writer());
+    run(cfg, parts, sdei, console, console_out)
+}
+
+/// Restores the snapshot `snapshot` (whose manifest gave `cfg`, see
+/// [`crate::config::RestoreRequest::config`]) and runs the VM; returns how the guest
+/// stopped it.
+pub fn restore(cfg: &VmConfig, snapshot: snapshot::Reader) -> Result<VcpuStop> {
+    let (parts, uart_irq) = Parts::build(cfg)?;
+    if snapshot.manifest.mpidrs != parts.mpidrs {
+        return Err(Error::OtherVcpus {
+            snapshot: snapshot.manifest.mpidrs.clone(),
+            vm: parts.mpidrs,
+        });
+    }
+    memory::restore_ram(&snapshot, &parts.vm, &parts.mem)
+        .map_err(|e| restore_part("guest memory", e))?;
+    let parts = restore_vcpus_and_gic(&snapshot, parts)?;
+    let sdei = if cfg.sdei {
+        let state = snapshot
+            .state::<sdei::SdeiState>()
+            .map_err(Error::Snapshot)?;
+        Some(
+            parts
+                .sdei(cfg)?
+                .restore(&state)
+                .map_err(|e| restore_part("SDEI state", e))?,
+        )
+    } else {
+        None
+    };
+    // The console comes after the GIC: restoring one raises its pending interrupt again,
+    // which the GIC must not wipe with its own restored state.
+    let state = snapshot.state::<ConsoleState>().map_err(Error::Snapshot)?;
+    let console_out = OutputQueue::new(console_out::CAPACITY);
+    let console = Console::new(uart_irq, console_out.writer())
+        .restore(&state)
+        .map_err(|e| restore_part("console state", e))?;
+    log::info!("restored from {}", snapshot.dir().display());
+    run(cfg, parts, sdei, console, console_out)
+}
+
+/// Puts the saved vCPU states, then the GIC's, into the built vCPUs and GIC. Everything that
+/// can be checked without KVM is checked before any vCPU is written.
+fn restore_vcpus_and_gic(snapshot: &snapshot::Reader, mut parts: Parts) -> Result<Parts> {
+    let vcpus = std::mem::take(&mut parts.vcpus);
+    let mut states: Vec<VcpuState> = snapshot.state().map_err(Error::Snapshot)?;
+    crate::vcpu::state::unify_counters(&mut states);
+    if states.len() != vcpus.len() {
+        return Err(restore_part(
+            "vCPU state",
+            crate::vcpu::state::Error::Count {
+                states: states.len(),
+                vcpus: vcpus.len(),
+            },
+        ));
+    }
+    for (i, st) in states.iter().enumerate() {
+        st.check(i).map_err(|e| restore_part("vCPU state", e))?;
+    }
+    let gic_state: gic::state::GicState = snapshot.state().map_err(Error::Snapshot)?;
+    gic_state
+        .check_fits(&parts.mpidrs, layout::GIC_NR_IRQS)
+        .map_err(|e| restore_part("GIC state", e))?;
+    let vcpus = vcpus
+        .into_iter()
+        .zip(&states)
+        .map(|(v, st)| v.restore(st))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| restore_part("vCPU state", e))?;
+    let gic = parts
+        .gic
+        .restore(&gic_state)
+        .map_err(|e| restore_part("GIC state", e))?;
+    Ok(Parts {
+        vcpus,
+        gic,
+        ..parts
+    })
+}
+
+fn restore_part(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::RestorePart {
+        what,
+        source: Box::new(e),
+    }
+}
+
 /// Everything a running VM holds that the API needs (pause, snapshot).
 struct Machine {
     cfg: VmConfig,
@@ -177,138 +389,41 @@ struct Machine {
     exit: ExitSignal,
 }
 
-/// Builds the VM (booting a kernel, or restoring a snapshot) and runs it; returns how the
-/// guest stopped it.
-pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
-    let kvm = Kvm::new().map_err(Error::Kvm)?;
-    check_features(&kvm, cfg)?;
-    let snapshot = match &cfg.restore {
-        Some(dir) => Some(snapshot::Reader::open(dir).map_err(Error::Snapshot)?),
-        None => None,
-    };
-    let (mut vm, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
-    log::info!(
-        "guest memory ready ({} MiB, MTE {})",
-        cfg.memory >> 20,
-        cfg.mte
-    );
-    let loaded = match &snapshot {
-        None => Some(boot::load_images(mem.memory(), cfg)?),
-        Some(r) => {
-            restore_memory(r, &mem, cfg)?;
-            restore_tags(r, &vm, &mem)?;
-            None
-        }
-    };
+/// How long the end of the VM waits for the vCPU threads to leave (one busy in a device,
+/// say a flush to a slow disk, finishes that first).
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-    let base_init = Vcpu::preferred_init(vm.fd())?;
-    let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
-    for i in 0..cfg.cpus {
-        let fd = vm
-            .fd()
-            .create_vcpu(u64::from(i))
-            .map_err(|e| Error::CreateVcpu(i, e))?;
-        vcpus.push(Vcpu::new(fd, i, &base_init, cfg.features)?);
-    }
-    let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
-    if let Some(r) = &snapshot {
-        if r.manifest.mpidrs != mpidrs {
-            return Err(Error::Restore(format!(
-                "the snapshot's vCPUs have MPIDRs {:x?}, this VM's are {mpidrs:x?}",
-                r.manifest.mpidrs
-            )));
-        }
-    }
-    let kicker = Arc::new(Kicker::new(vcpus.len()));
-    install_kick_handler().map_err(|source| Error::Device {
-        what: "vCPU kick signal",
-        source,
-    })?;
-    let sdei = if cfg.sdei {
-        let reset_init = vcpus.first().map(Vcpu::reset_init).unwrap_or_default();
-        let s = match &snapshot {
-            None => Sdei::new(&mpidrs, cfg.mte, kicker.clone(), reset_init)?,
-            Some(r) => {
-                let bytes = r.read("sdei.bin").map_err(Error::Snapshot)?;
-                Sdei::restore(&mpidrs, cfg.mte, kicker.clone(), reset_init, &bytes)?
-            }
-        };
-        let s = Arc::new(s);
-        s.install_filter(vm.fd())?;
-        Some(s)
-    } else {
-        None
-    };
-    let mut gic = Gic::new(vm.fd())?;
-    if cfg.its {
-        gic.add_its(vm.fd())?;
-    }
-    if cfg.features.pmu {
-        for v in &vcpus {
-            v.init_pmu(layout::PMU_PPI)?;
-        }
-    }
-    log::info!("{} vCPUs and the GIC ready", cfg.cpus);
-
-    let mut bus = MmioBus::default();
-    let uart_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Device {
-        what: "console interrupt",
-        source,
-    })?;
-    vm.fd()
-        .register_irqfd(&uart_irq, layout::UART_SPI)
-        .map_err(|e| Error::Device {
-            what: "console interrupt",
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        })?;
-    let virtio = add_pmem_devices(cfg, &mut vm, &mem, &mut bus)?;
-
-    match (&snapshot, loaded) {
-        (Some(r), _) => restore_cpu_and_gic(r, &vcpus, &gic, &mpidrs)?,
-        (None, Some(loaded)) => {
-            let blob = fdt::build(&FdtConfig {
-                mpidrs: mpidrs.clone(),
-                memory: cfg.memory,
-                cmdline: cfg.cmdline.clone(),
-                initrd: loaded.initrd,
-                sdei: cfg.sdei,
-                pmu: cfg.features.pmu,
-                its: cfg.its,
-                virtio,
-            })?;
-            let fdt_addr = boot::write_fdt(mem.memory(), cfg.memory, &blob)?;
-            if let Some(boot_cpu) = vcpus.first() {
-                boot_cpu.set_boot_regs(loaded.entry, fdt_addr)?;
-            }
-        }
-        (None, None) => {}
-    }
+/// The run loop boot and restore meet in: starts the threads (vCPUs, console output, API),
+/// serves events until the guest or the operator stops the VM, then stops the vCPUs.
+fn run(
+    cfg: &VmConfig,
+    parts: Parts,
+    sdei: Option<Sdei>,
+    console: Console<QueuedOutput>,
+    console_out: Arc<OutputQueue>,
+) -> Result<VcpuStop> {
+    let Parts {
+        vm,
+        mem,
+        vcpus,
+        mpidrs,
+        kicker,
+        gic,
+        bus,
+        ..
+    } = parts;
+    let mut bus = bus;
+    let sdei = sdei.map(Arc::new);
     if let Some(s) = &sdei {
+        s.install_filter(vm.fd())?;
         s.sync_power(vcpus.iter().map(Vcpu::fd))?;
     }
-    // The console comes after the GIC: restoring one raises its pending interrupt again, which
-    // the GIC must not wipe with its own restored state.
-    let console_out = OutputQueue::new(console_out::CAPACITY);
-    let console = match &snapshot {
-        None => Console::new(uart_irq, console_out.writer()),
-        Some(r) => {
-            let wire: snapshot::SerialWire = snapshot::SERIAL
-                .decode(&r.read("serial.bin").map_err(Error::Snapshot)?)
-                .map_err(Error::Snapshot)?;
-            Console::from_wire(uart_irq, console_out.writer(), &wire)
-                .map_err(|e| Error::Restore(format!("console state: {e}")))?
-        }
-    };
     let console = Arc::new(Mutex::new(console));
     bus.insert(layout::UART_BASE, layout::UART_SIZE, console.clone())
         .map_err(|e| Error::Device {
             what: "console",
             source: std::io::Error::other(e),
         })?;
-    if snapshot.is_some() {
-        log::info!("restored from {:?}", cfg.restore);
-    }
-
     let exit = ExitSignal::new().map_err(|source| Error::Device {
         what: "exit notification",
         source,
@@ -317,7 +432,7 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
     let machine = Arc::new(Machine {
         cfg: cfg.clone(),
         vm,
-        mem,
+        mem: mem.clone(),
         gic,
         console: console.clone(),
         sdei: sdei.clone(),
@@ -368,8 +483,11 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         }
         None => None,
     };
+    let mut threads = Vec::with_capacity(vcpus.len());
     for (i, mut v) in (0u8..).zip(vcpus) {
         let bus = bus.clone();
+        // Guest RAM stays mapped while a vCPU thread may still run the guest.
+        let ram = mem.clone();
         let exit = exit.clone();
         let hooks = hooks.clone();
         let control = control.clone();
@@ -388,9 +506,11 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
                     }
                 };
                 exit.signal(stop);
+                drop(ram);
             })
             .map_err(|e| Error::Thread(i, e))?;
         kicker.register(usize::from(i), t.as_pthread_t());
+        threads.push(t);
     }
     let stop = eventloop::run(console, &exit, api, || {
         sandbox.apply(Category::Vmm)?;
@@ -405,9 +525,29 @@ pub fn run(cfg: &VmConfig) -> Result<VcpuStop> {
         log::warn!("console: stdout did not take the guest's last output within 2 s; it is lost");
     }
     log::info!("the VM stopped: {stop:?}");
-    // The vCPU threads still use the VM; the process exits right after this returns.
-    std::mem::forget(machine);
+    stop_vcpus(&control, &kicker, threads);
     Ok(stop)
+}
+
+/// Makes every vCPU thread leave its run loop and waits (up to [`VCPU_STOP_TIMEOUT`]) until
+/// they have; one that does not is left to the process's exit, still holding guest RAM.
+fn stop_vcpus(control: &VcpuControl, kicker: &Kicker, threads: Vec<std::thread::JoinHandle<()>>) {
+    control.stop(kicker);
+    let deadline = std::time::Instant::now() + VCPU_STOP_TIMEOUT;
+    while threads.iter().any(|t| !t.is_finished()) {
+        if std::time::Instant::now() >= deadline {
+            log::warn!(
+                "{} vCPU thread(s) still busy {} s after the VM stopped",
+                threads.iter().filter(|t| !t.is_finished()).count(),
+                VCPU_STOP_TIMEOUT.as_secs()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
 }
 
 /// Maps each `--pmem` backing, registers it as a memory slot at its place above RAM, and puts
@@ -476,92 +616,10 @@ fn add_pmem_devices(
     Ok(slots)
 }
 
-fn restore_memory(r: &snapshot::Reader, mem: &SharedGuestMemory, cfg: &VmConfig) -> Result<()> {
-    use vm_memory::Bytes;
-    let c = r
-        .manifest
-        .components
-        .iter()
-        .find(|c| c.name == "memory.bin")
-        .ok_or(Error::Snapshot(snapshot::Error::Missing("memory.bin")))?;
-    if c.len != cfg.memory {
-        return Err(Error::Restore(format!(
-            "memory.bin has {} bytes for {} bytes of guest RAM",
-            c.len, cfg.memory
-        )));
-    }
-    r.stream("memory.bin", |off, chunk| {
-        mem.memory()
-            .write_slice(chunk, GuestAddress(layout::RAM_BASE + off))
-            .map_err(|e| snapshot::Error::Invalid(format!("guest memory write: {e}")))
-    })
-    .map_err(Error::Snapshot)
-}
-
-fn restore_tags(r: &snapshot::Reader, vm: &Vm, mem: &SharedGuestMemory) -> Result<()> {
-    match vm.tag_store() {
-        Some(mut store) => {
-            let bytes = r.read("mte-tags.bin").map_err(Error::Snapshot)?;
-            let snap = TagSnapshot::decode(&bytes).map_err(|e| restore_part("MTE tags", e))?;
-            let bases: Vec<GuestAddress> = snap.regions().iter().map(|r| r.base()).collect();
-            let ours: Vec<GuestAddress> = mem.regions().iter().map(|r| r.0).collect();
-            if bases != ours {
-                return Err(Error::Restore(
-                    "MTE tags describe other memory regions".into(),
-                ));
-            }
-            snap.restore(&mut store)
-                .map_err(|e| restore_part("MTE tags", e))
-        }
-        None if r.has("mte-tags.bin") => Err(Error::Restore(
-            "the snapshot has MTE tags but the VM has no MTE".into(),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn restore_cpu_and_gic(
-    r: &snapshot::Reader,
-    vcpus: &[Vcpu],
-    gic: &Gic,
-    mpidrs: &[u64],
-) -> Result<()> {
-    let mut states: Vec<snapshot::vcpu::VcpuState> = snapshot::VCPUS
-        .decode(&r.read("vcpus.bin").map_err(Error::Snapshot)?)
-        .map_err(Error::Snapshot)?;
-    snapshot::vcpu::unify_counters(&mut states);
-    if states.len() != vcpus.len() {
-        return Err(Error::Restore(format!(
-            "{} vCPU states for {} vCPUs",
-            states.len(),
-            vcpus.len()
-        )));
-    }
-    // Everything that can be checked without KVM is checked before any vCPU is written.
-    for (i, st) in states.iter().enumerate() {
-        st.check(i).map_err(|e| restore_part("vCPU state", e))?;
-    }
-    let state = snapshot::gic::GicState::decode(&r.read("gic.bin").map_err(Error::Snapshot)?)
-        .and_then(|s| s.check_fits(mpidrs, layout::GIC_NR_IRQS).map(|()| s))
-        .map_err(|e| restore_part("GIC state", e))?;
-    for (i, (v, st)) in vcpus.iter().zip(&states).enumerate() {
-        snapshot::vcpu::restore(v.fd(), i, st).map_err(|e| restore_part("vCPU state", e))?;
-    }
-    snapshot::gic::restore(gic.fd(), mpidrs, layout::GIC_NR_IRQS, &state)
-        .map_err(|e| restore_part("GIC state", e))
-}
-
-fn restore_part(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::RestorePart {
-        what,
-        source: Box::new(e),
-    }
-}
-
 /// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and
 /// post-mortems of a guest that hangs).
-fn where_stopped(states: &[snapshot::vcpu::VcpuState]) -> String {
-    let reg = |st: &snapshot::vcpu::VcpuState, id| st.reg_u64(id).unwrap_or(0);
+fn where_stopped(states: &[VcpuState]) -> String {
+    let reg = |st: &VcpuState, id| st.reg_u64(id).unwrap_or(0);
     states
         .iter()
         .enumerate()
@@ -611,10 +669,7 @@ impl Machine {
     /// done: an accepted `CPU_ON` whose vCPU has not started yet lives only in the power table,
     /// which a snapshot does not hold, so the VM runs on for a moment (10 ms at a time, up to
     /// a second) until the vCPU has started. A VM the operator paused is not resumed for this.
-    fn pause_settled(
-        &self,
-        was_paused: bool,
-    ) -> std::result::Result<Vec<snapshot::vcpu::VcpuState>, String> {
+    fn pause_settled(&self, was_paused: bool) -> std::result::Result<Vec<VcpuState>, String> {
         for _ in 0..100 {
             let states = self.control.pause(&self.kicker)?;
             if !self.sdei.as_ref().is_some_and(|s| s.power_change_pending()) {
@@ -634,61 +689,36 @@ impl Machine {
     fn write_snapshot(
         &self,
         dir: &std::path::Path,
-        states: &[snapshot::vcpu::VcpuState],
+        states: &[VcpuState],
     ) -> std::result::Result<(u64, u64, u128), String> {
-        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         let e = |e: snapshot::Error| crate::error_chain(&e);
+        let part =
+            |what: &str, x: &dyn std::error::Error| format!("{what}: {}", crate::error_chain(x));
         let mut w = snapshot::Writer::create(dir).map_err(e)?;
-        w.put("vcpus.bin", &snapshot::VCPUS.encode(states).map_err(e)?)
-            .map_err(e)?;
-        let gic = snapshot::gic::save(self.gic.fd(), &self.mpidrs, layout::GIC_NR_IRQS)
-            .map_err(|x| format!("GIC state: {}", crate::error_chain(&x)))?;
-        w.put("gic.bin", &gic.encode()).map_err(e)?;
-        let mem = self.mem.clone();
-        w.put_with("memory.bin", move |out| {
-            use vm_memory::Bytes;
-            // Through vm-memory's volatile accessors into a bounce buffer: the memfd is
-            // shared with other processes, so no Rust reference to guest RAM is ever formed.
-            let mut buf = vec![0u8; 1 << 20];
-            for region in mem.memory().iter() {
-                let len = region.len();
-                let mut off = 0u64;
-                while off < len {
-                    let n = (len - off).min(buf.len() as u64) as usize;
-                    region
-                        .read_slice(&mut buf[..n], vm_memory::MemoryRegionAddress(off))
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    out.write_all(&buf[..n])?;
-                    off += n as u64;
-                }
-            }
-            Ok(())
-        })
-        .map_err(e)?;
+        w.put_state(&states.to_vec()).map_err(e)?;
+        let gic = self.gic.save().map_err(|x| part("GIC state", &x))?;
+        w.put_state(&gic).map_err(e)?;
+        memory::save_ram(&self.mem, &mut w).map_err(e)?;
         let (mut tag_bytes, mut tag_ms) = (0, 0);
-        if let Some(store) = self.vm.tag_store() {
+        if let Some(tags) = memory::Tags::of(&self.vm, &self.mem) {
             let t = std::time::Instant::now();
-            let snap = TagSnapshot::capture_full(&store, &self.mem.regions())
-                .map_err(|x| format!("MTE tags: {x}"))?;
-            let bytes = snap.encode();
+            let tags = tags.save().map_err(|x| part("MTE tags", &x))?;
+            let bytes = tags.encode().map_err(e)?;
             tag_bytes = bytes.len() as u64;
-            w.put("mte-tags.bin", &bytes).map_err(e)?;
+            w.put(memory::MteTags::FILE, &bytes).map_err(e)?;
             tag_ms = t.elapsed().as_millis();
         }
         if let Some(s) = &self.sdei {
-            w.put(
-                "sdei.bin",
-                &s.save().map_err(|x| format!("SDEI state: {x}"))?,
-            )
-            .map_err(e)?;
+            let state = s.save().map_err(|x| part("SDEI state", &x))?;
+            w.put_state(&state).map_err(e)?;
         }
-        let serial = self
+        let console = self
             .console
             .lock()
             .map_err(|_| "console lock poisoned".to_string())?
-            .to_wire();
-        w.put("serial.bin", &snapshot::SERIAL.encode(&serial).map_err(e)?)
-            .map_err(e)?;
+            .save()
+            .map_err(|x| part("console state", &x))?;
+        w.put_state(&console).map_err(e)?;
         // The size is counted while writing: listing the directory would need getdents64 and
         // fstat, which the main thread's filter does not allow.
         let total = w

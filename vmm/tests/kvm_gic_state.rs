@@ -7,9 +7,10 @@ use kvm_bindings::{
     KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO, KVM_DEV_ARM_VGIC_GRP_REDIST_REGS,
 };
 use kvm_ioctls::{DeviceFd, Kvm, VmFd};
+use refvmm::gic::persist::{restore, save};
+use refvmm::gic::state::{affinity, sysreg, Error, GicState, FORMAT};
 use refvmm::gic::Gic;
 use refvmm::layout::GIC_NR_IRQS;
-use refvmm::snapshot::gic::{affinity, restore, save, sysreg, Error, GicState, FORMAT};
 use refvmm::vcpu::Vcpu;
 use sdei_migration::header::HeaderError;
 
@@ -53,8 +54,8 @@ fn test_vm(kvm: &Kvm, cpus: u8) -> TestVm {
             Vcpu::new(fd, i, &base, Default::default()).expect("init vCPU")
         })
         .collect();
-    let gic = Gic::new(&vm).expect("create GICv3");
-    let mpidrs = vcpus.iter().map(Vcpu::mpidr).collect();
+    let mpidrs: Vec<u64> = vcpus.iter().map(Vcpu::mpidr).collect();
+    let gic = Gic::new(&vm, &mpidrs).expect("create GICv3");
     TestVm {
         gic,
         _vcpus: vcpus,

@@ -11,14 +11,15 @@
 mod header_vectors;
 
 use header_vectors::{run, variant, Subject};
-use refvmm::snapshot::gic_state::{
+use refvmm::devices::serial::ConsoleState;
+use refvmm::gic::state::{
     dist_layout, icc_layout, CpuState, Error as GicError, GicState, ICC_CTLR_EL1, REDIST_REGS,
 };
-use refvmm::snapshot::vcpu_state::{VcpuState, COUNTERS};
 use refvmm::snapshot::{
-    decode_manifest, encode_manifest, Error, Reader, SerialWire, VmShape, Writer, HEADER_LEN,
-    MANIFEST, SERIAL, VCPUS,
+    decode_manifest, encode_manifest, Error, Reader, VmShape, Writer, HEADER_LEN, MANIFEST, SERIAL,
+    VCPUS,
 };
+use refvmm::vcpu::state::{VcpuState, COUNTERS};
 
 #[test]
 fn both_copies_of_the_policy_code_are_identical() {
@@ -146,8 +147,8 @@ fn golden_vcpus() -> Vec<VcpuState> {
 }
 
 /// The console state of the golden snapshot (frozen).
-fn golden_serial() -> SerialWire {
-    SerialWire {
+fn golden_serial() -> ConsoleState {
+    ConsoleState {
         regs: [0x01, 0x00, 0x05, 0xc1, 0x03, 0x60, 0x08, 0xb0, 0x42],
         input: b"ls\n".to_vec(),
     }
@@ -203,7 +204,7 @@ fn current_snapshot(s: &Scratch) -> std::path::PathBuf {
     dir
 }
 
-fn read_states(r: &Reader) -> (Vec<VcpuState>, GicState, SerialWire) {
+fn read_states(r: &Reader) -> (Vec<VcpuState>, GicState, ConsoleState) {
     (
         VCPUS.decode(&r.read("vcpus.bin").unwrap()).unwrap(),
         GicState::decode(&r.read("gic.bin").unwrap()).unwrap(),
@@ -348,7 +349,7 @@ fn the_vcpu_state_file_follows_the_shared_header_vectors() {
 fn the_console_state_file_follows_the_shared_header_vectors() {
     let decode = |b: &[u8]| {
         SERIAL
-            .decode::<SerialWire>(b)
+            .decode::<ConsoleState>(b)
             .map(drop)
             .map_err(|e| refvmm_error(&e))
     };
@@ -373,7 +374,7 @@ fn the_gic_state_file_follows_the_shared_header_vectors() {
     run(&Subject {
         valid: golden_gic().encode(),
         optional_tail: b"a newer minor's data".to_vec(),
-        max_payload_len: refvmm::snapshot::gic_state::MAX_PAYLOAD_LEN,
+        max_payload_len: refvmm::gic::state::MAX_PAYLOAD_LEN,
         decode: &decode,
     });
 }

@@ -54,7 +54,7 @@ mod tests {
             sdei_migration::FORMAT.seal(b"sdei").unwrap(),
             mte_memory::snapshot::header::FORMAT.seal(b"tags").unwrap(),
             refvmm::snapshot::SERIAL
-                .encode(&refvmm::snapshot::SerialWire {
+                .encode(&refvmm::devices::serial::ConsoleState {
                     regs: [0; 9],
                     input: vec![],
                 })

@@ -1,5 +1,5 @@
 //! Target `refvmm_cli`: refvmm's command-line parsing (clap) and its validation into a
-//! `VmConfig`, and the `refvmm ctl` command line.
+//! `Launch` (a `VmConfig` to boot, or a restore request), and the `refvmm ctl` command line.
 //!
 //! Input: arguments separated by newlines (bytes decoded lossily as UTF-8). If the first
 //! argument is `ctl`, the rest is parsed as a `refvmm ctl` command line. In any argument,
@@ -12,7 +12,10 @@ use std::sync::OnceLock;
 
 use clap::Parser;
 use refvmm::config::pmem::PmemSource;
-use refvmm::config::{parse_size, Cli, CtlCli, VmConfig, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
+use refvmm::config::{
+    parse_size, Cli, CtlCli, Launch, RestoreRequest, VmConfig, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY,
+};
+use refvmm::files::HostFiles;
 use refvmm::layout::{pmem_bases, CMDLINE_MAX, PMEM_ALIGN, VIRTIO_SLOTS};
 
 /// Most arguments taken from one input.
@@ -68,17 +71,27 @@ pub fn arguments(data: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Checks what `VmConfig::try_from` promises of a configuration it accepts.
+/// Checks what `Launch::from_cli` promises of a restore request it accepts.
+fn check_restore(request: &RestoreRequest) {
+    assert!(
+        !request.dir.as_os_str().is_empty(),
+        "accepted an empty snapshot path"
+    );
+    assert!(
+        request.max_cpus <= MAX_VCPUS,
+        "accepted a vCPU limit of {}",
+        request.max_cpus
+    );
+}
+
+/// Checks what `Launch::from_cli` promises of a configuration to boot it accepts.
 fn check_config(cli_memory: &str, config: &VmConfig) {
     assert!(
         (MIN_MEMORY..=MAX_MEMORY).contains(&config.memory) && config.memory % (2 << 20) == 0,
         "accepted memory size {}",
         config.memory
     );
-    if config.restore.is_none() {
-        // A restored VM takes its size from the snapshot, not from `--memory`.
-        assert_eq!(parse_size(cli_memory), Ok(config.memory), "memory size");
-    }
+    assert_eq!(parse_size(cli_memory), Ok(config.memory), "memory size");
     assert!(
         (1..=MAX_VCPUS).contains(&config.cpus),
         "accepted {} vCPUs",
@@ -147,8 +160,10 @@ pub fn run_refvmm_cli(data: &[u8]) {
         return;
     };
     let memory = cli.memory.clone();
-    if let Ok(config) = VmConfig::try_from(cli) {
-        check_config(&memory, &config);
+    match Launch::from_cli(cli, &HostFiles) {
+        Ok(Launch::Boot(config)) => check_config(&memory, &config),
+        Ok(Launch::Restore(request)) => check_restore(&request),
+        Err(_) => {}
     }
 }
 
@@ -172,7 +187,9 @@ mod tests {
         )
         .unwrap();
 
-        let config = VmConfig::try_from(cli).unwrap();
+        let Launch::Boot(config) = Launch::from_cli(cli, &HostFiles).unwrap() else {
+            panic!("a boot");
+        };
 
         assert_eq!(config.memory, 512 << 20);
     }

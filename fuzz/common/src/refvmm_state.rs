@@ -3,11 +3,11 @@
 //! `refvmm_vcpu_state` (`vcpus.bin`) and `refvmm_console_state` (`serial.bin`).
 
 use crate::header::{minor_and_flags, with_valid_checksums};
-use refvmm::snapshot::gic_state::{
+use refvmm::gic::state::{
     affinity, ap_count, dist_layout, icc_layout, CpuState, Error as GicError, GicState, FORMAT,
     ICC_CTLR_EL1, MAX_CPUS, REDIST_REGS,
 };
-use refvmm::snapshot::vcpu_state::{
+use refvmm::vcpu::state::{
     reg_size, unify_counters, VcpuState, COUNTERS, MAX_REGS, MAX_REG_BYTES,
 };
 use refvmm::snapshot::VCPUS;
@@ -340,7 +340,7 @@ fn checks(states: &[VcpuState]) -> Vec<bool> {
 }
 
 /// Decodes `data` as `serial.bin` ([`refvmm::snapshot::SERIAL`]: the header, a postcard
-/// [`SerialWire`]), as given and with the header's length and checksums made to match, and
+/// [`ConsoleState`]), as given and with the header's length and checksums made to match, and
 /// restores it into a console as refvmm's restore does.
 ///
 /// A console state must restore exactly when its input FIFO fits the 16550's 64 bytes; a
@@ -362,16 +362,16 @@ pub fn run_refvmm_console_state(data: &[u8]) {
 fn check_console(data: &[u8]) {
     use refvmm::devices::serial::Console;
     use refvmm::devices::MmioDevice;
-    use refvmm::snapshot::{SerialWire, SERIAL};
+    use refvmm::{devices::serial::ConsoleState, snapshot::SERIAL};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    let Ok(wire) = SERIAL.decode::<SerialWire>(data) else {
+    let Ok(wire) = SERIAL.decode::<ConsoleState>(data) else {
         return;
     };
     let again = SERIAL.encode(&wire).expect("a decoded state encodes");
-    assert_eq!(SERIAL.decode::<SerialWire>(&again).ok(), Some(wire.clone()));
+    assert_eq!(SERIAL.decode::<ConsoleState>(&again).ok(), Some(wire.clone()));
     let irq = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
-    let restored = Console::from_wire(
+    let restored = Console::from_state(
         irq.try_clone().expect("a second eventfd handle"),
         Vec::new(),
         &wire,
@@ -386,7 +386,7 @@ fn check_console(data: &[u8]) {
         return;
     };
     assert_eq!(
-        console.to_wire(),
+        console.state(),
         wire,
         "a restored console saves its state"
     );
@@ -414,6 +414,6 @@ fn check_console(data: &[u8]) {
     assert_eq!(read(&mut console, 4), mcr);
     assert_eq!(read(&mut console, 5), lsr);
     assert_eq!(read(&mut console, 7), scr);
-    assert_eq!(console.to_wire(), wire, "register reads change nothing");
+    assert_eq!(console.state(), wire, "register reads change nothing");
     assert!(irq.read().is_err(), "register reads raise no interrupt");
 }

@@ -166,7 +166,7 @@ fn header_seeds_of_every_snapshot_format_meet_the_rule_they_break() {
             refvmm_kind(refvmm::snapshot::decode_manifest(d).map(drop))
         }),
         ("refvmm_gic_state", &|d| {
-            use refvmm::snapshot::gic_state::{Error, GicState};
+            use refvmm::gic::state::{Error, GicState};
             kind(GicState::decode(d).map(drop), |e| match e {
                 Error::Header(h) => Some(name(h)),
                 _ => None,
@@ -175,14 +175,14 @@ fn header_seeds_of_every_snapshot_format_meet_the_rule_they_break() {
         ("refvmm_vcpu_state", &|d| {
             refvmm_kind(
                 refvmm::snapshot::VCPUS
-                    .decode::<Vec<refvmm::snapshot::vcpu_state::VcpuState>>(d)
+                    .decode::<Vec<refvmm::vcpu::state::VcpuState>>(d)
                     .map(drop),
             )
         }),
         ("refvmm_console_state", &|d| {
             refvmm_kind(
                 refvmm::snapshot::SERIAL
-                    .decode::<refvmm::snapshot::SerialWire>(d)
+                    .decode::<refvmm::devices::serial::ConsoleState>(d)
                     .map(drop),
             )
         }),
@@ -264,9 +264,11 @@ fn cli_seeds_include_accepted_pmem_devices() {
                 std::iter::once("refvmm".to_string()).chain(arguments(&d)),
             )
             .ok()?;
-            refvmm::config::VmConfig::try_from(cli).ok()
+            match refvmm::config::Launch::from_cli(cli, &refvmm::files::HostFiles).ok()? {
+                refvmm::config::Launch::Boot(c) => Some(c.pmem.len()),
+                refvmm::config::Launch::Restore(_) => None,
+            }
         })
-        .map(|c| c.pmem.len())
         .collect::<Vec<_>>();
 
     assert_eq!(accepted, vec![1, 2], "pmem seeds accepted, devices each");
@@ -274,8 +276,8 @@ fn cli_seeds_include_accepted_pmem_devices() {
 
 #[test]
 fn state_seeds_include_states_restore_accepts_and_refuses() {
-    use refvmm::snapshot::gic_state::GicState;
-    use refvmm::snapshot::vcpu_state::VcpuState;
+    use refvmm::gic::state::GicState;
+    use refvmm::vcpu::state::VcpuState;
 
     let gic = inputs(&default_dir().join("refvmm_gic_state"));
     let gic_ok = gic
@@ -345,9 +347,9 @@ fn mmio_seeds_write_read_interrupt_and_set_up_virtio() {
 
 #[test]
 fn console_seeds_restore_with_and_without_pending_interrupts() {
-    use refvmm::snapshot::SerialWire;
+    use refvmm::devices::serial::ConsoleState;
 
-    let wires: Vec<SerialWire> = inputs(&default_dir().join("refvmm_console_state"))
+    let wires: Vec<ConsoleState> = inputs(&default_dir().join("refvmm_console_state"))
         .iter()
         .filter_map(|(_, d)| refvmm::snapshot::SERIAL.decode(d).ok())
         .collect();

@@ -8,28 +8,24 @@
 //! <dir>/memory.bin     guest RAM, raw
 //! <dir>/mte-tags.bin   mte-memory TagSnapshot            (with --mte; mte-memory's header)
 //! <dir>/sdei.bin       sdei-migration snapshot           (with --sdei; sdei-migration's header)
-//! <dir>/serial.bin     header + postcard SerialWire      (console registers and input FIFO)
+//! <dir>/serial.bin     header + postcard ConsoleState    (console registers and input FIFO)
 //! ```
 //! Every file but the raw guest RAM starts with the workspace's one snapshot header (magic,
 //! major, minor, flags, payload length, payload CRC32, header CRC32) and follows its rules
 //! (`docs/snapshot-format.md`), through sdei-migration's implementation of them
 //! ([`sdei_migration::header`]); each format has its own magic and version ([`MANIFEST_FORMAT`],
-//! [`VCPUS`], [`gic_state::FORMAT`], [`SERIAL`]). Sizes are capped before any allocation; every
+//! [`crate::vcpu::state::FILE`], [`gic_state::FORMAT`], [`crate::devices::serial::STATE_FILE`]).
+//! Each part's state is stored next to the part's code ([`crate::persist`]); this module is the
+//! directory, its manifest and the checks every file passes. Sizes are capped before any allocation; every
 //! component's length and CRC are checked against the manifest before it is used.
 //!
 //! Manifest format 1.1 is the first whose vCPU, GIC and console files carry the header; in a
 //! snapshot of format 1.0 they were bare (postcard, and the GIC state behind a version word),
 //! and [`Reader::read`] gives them the header, so the decoders read one format only.
 
-#[cfg(target_arch = "aarch64")]
-pub mod gic;
-pub mod gic_state;
-pub mod kvm_abi;
-#[cfg(target_arch = "aarch64")]
-pub mod vcpu;
-pub mod vcpu_state;
-
-use crate::config::{CpuFeatures, SeccompMode, VmConfig};
+use crate::config::VmConfig;
+use crate::gic::state as gic_state;
+use crate::persist::Stored;
 use sdei_migration::header::{HeaderError, SnapshotFormat, SnapshotHeader, FLAG_OPTIONAL_ONLY};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -111,6 +107,15 @@ pub enum Error {
         what: &'static str,
         /// Why.
         reason: String,
+    },
+    /// A part's state in a snapshot file cannot be used: it does not decode, or does not
+    /// fit the VM.
+    #[error("Snapshot {what} cannot be used")]
+    Part {
+        /// Which part.
+        what: &'static str,
+        /// Why not.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A state does not encode.
     #[error("Snapshot {what} cannot be encoded: {reason}")]
@@ -198,43 +203,6 @@ impl VmShape {
             pauth: cfg.features.pauth,
             cmdline: cfg.cmdline.clone(),
         }
-    }
-
-    /// A VM configuration that recreates this shape (to be restored, not booted).
-    pub fn to_config(
-        &self,
-        dir: &Path,
-        seccomp: SeccompMode,
-        api_socket: Option<crate::api::ApiSocket>,
-    ) -> Result<VmConfig> {
-        if self.cpus == 0 || self.cpus > crate::layout::MAX_VCPUS {
-            return Err(Error::Invalid(format!("{} vCPUs", self.cpus)));
-        }
-        if self.memory < crate::config::MIN_MEMORY
-            || self.memory > crate::config::MAX_MEMORY
-            || self.memory % (2 << 20) != 0
-        {
-            return Err(Error::Invalid(format!("{} bytes of memory", self.memory)));
-        }
-        Ok(VmConfig {
-            kernel: PathBuf::new(),
-            initrd: None,
-            cmdline: self.cmdline.clone(),
-            cpus: self.cpus,
-            memory: self.memory,
-            mte: self.mte,
-            sdei: self.sdei,
-            features: CpuFeatures {
-                pmu: self.pmu,
-                sve: self.sve,
-                pauth: self.pauth,
-            },
-            its: false,
-            pmem: Vec::new(),
-            seccomp,
-            api_socket,
-            restore: Some(dir.to_path_buf()),
-        })
     }
 }
 
@@ -337,32 +305,8 @@ pub struct StateFile {
     pub format: SnapshotFormat,
 }
 
-/// `vcpus.bin`: a postcard `Vec<`[`vcpu_state::VcpuState`]`>`, one per vCPU in index order.
-pub const VCPUS: StateFile = StateFile {
-    what: "vCPU state",
-    name: "vcpus.bin",
-    format: SnapshotFormat {
-        magic: *b"REFVMCPU",
-        major: 1,
-        minor: 0,
-        flags: FLAG_OPTIONAL_ONLY,
-        max_payload_len: vcpu_state::MAX_ENCODED_LEN,
-    },
-};
-
-/// `serial.bin`: a postcard [`SerialWire`].
-pub const SERIAL: StateFile = StateFile {
-    what: "console state",
-    name: "serial.bin",
-    format: SnapshotFormat {
-        magic: *b"REFVMCON",
-        major: 1,
-        minor: 0,
-        flags: FLAG_OPTIONAL_ONLY,
-        // Nine registers and at most the 16550's 64-byte FIFO take 74 bytes.
-        max_payload_len: 1 << 10,
-    },
-};
+pub use crate::devices::serial::STATE_FILE as SERIAL;
+pub use crate::vcpu::state::FILE as VCPUS;
 
 impl StateFile {
     /// The file's bytes for `value`: header, then its postcard encoding.
@@ -489,6 +433,11 @@ impl Writer {
     /// Writes one component from memory.
     pub fn put(&mut self, name: &str, data: &[u8]) -> Result<()> {
         self.put_with(name, |w| w.write_all(data))
+    }
+
+    /// Adds a part's saved state as its file ([`Stored`]).
+    pub fn put_state<S: Stored>(&mut self, state: &S) -> Result<()> {
+        self.put(S::FILE, &state.encode()?)
     }
 
     /// Writes one component through a writer (for guest memory: no intermediate copy).
@@ -695,6 +644,16 @@ impl Reader {
             .ok_or(Error::Missing(name))
     }
 
+    /// The snapshot's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The length the manifest gives component `name`.
+    pub fn len_of(&self, name: &'static str) -> Result<u64> {
+        self.component(name).map(|c| c.len)
+    }
+
     /// Whether the snapshot has `name`.
     pub fn has(&self, name: &str) -> bool {
         self.manifest.components.iter().any(|c| c.name == name)
@@ -744,6 +703,11 @@ impl Reader {
         Ok(())
     }
 
+    /// Reads and decodes a part's saved state from its file ([`Stored`]), checked.
+    pub fn state<S: Stored>(&self) -> Result<S> {
+        S::decode(&self.read(S::FILE)?)
+    }
+
     /// Reads a whole (small) component, checked. The buffer is allocated only once the file's
     /// size is known to be the manifest's (at most [`component_cap`]), so a manifest that lies
     /// about a small file costs no large allocation. In a snapshot of format 1.0 the bare
@@ -770,15 +734,6 @@ impl Reader {
         }
         Ok(out)
     }
-}
-
-/// The console's saved registers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialWire {
-    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
-    pub regs: [u8; 9],
-    /// Bytes waiting in the receive FIFO.
-    pub input: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -922,15 +877,20 @@ mod tests {
 
     #[test]
     fn state_files_round_trip_and_refuse_each_others_bytes() {
-        let wire = SerialWire {
+        let wire = crate::devices::serial::ConsoleState {
             regs: [1, 2, 3, 4, 5, 6, 7, 8, 9],
             input: b"abc".to_vec(),
         };
         let bytes = SERIAL.encode(&wire).unwrap();
         assert_eq!(&bytes[..8], b"REFVMCON");
-        assert_eq!(SERIAL.decode::<SerialWire>(&bytes).unwrap(), wire);
+        assert_eq!(
+            SERIAL
+                .decode::<crate::devices::serial::ConsoleState>(&bytes)
+                .unwrap(),
+            wire
+        );
         let e = VCPUS
-            .decode::<Vec<vcpu_state::VcpuState>>(&bytes)
+            .decode::<Vec<crate::vcpu::state::VcpuState>>(&bytes)
             .unwrap_err();
         assert!(matches!(
             e,
@@ -943,7 +903,7 @@ mod tests {
 
     #[test]
     fn a_state_file_over_its_cap_is_not_written() {
-        let wire = SerialWire {
+        let wire = crate::devices::serial::ConsoleState {
             regs: [0; 9],
             input: vec![0; 2000],
         };
@@ -958,14 +918,16 @@ mod tests {
 
     #[test]
     fn format_1_0_state_files_get_the_header() {
-        let bare = postcard::to_allocvec(&SerialWire {
+        let bare = postcard::to_allocvec(&crate::devices::serial::ConsoleState {
             regs: [9; 9],
             input: vec![],
         })
         .unwrap();
         let upgraded = upgrade_v1_0("serial.bin", bare.clone()).unwrap();
         assert_eq!(upgraded[HEADER_LEN..], bare);
-        assert!(SERIAL.decode::<SerialWire>(&upgraded).is_ok());
+        assert!(SERIAL
+            .decode::<crate::devices::serial::ConsoleState>(&upgraded)
+            .is_ok());
         let mut gic = 1u32.to_le_bytes().to_vec();
         gic.extend_from_slice(b"body");
         let upgraded = upgrade_v1_0("gic.bin", gic).unwrap();

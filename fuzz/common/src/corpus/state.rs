@@ -6,7 +6,7 @@ use super::headers::header_seeds;
 use super::Seed;
 use crate::header::HEADER_LEN;
 use crate::refvmm_state::gic_input;
-use refvmm::snapshot::vcpu_state::{VcpuState, COUNTERS};
+use refvmm::vcpu::state::{VcpuState, COUNTERS};
 use refvmm::snapshot::{SERIAL, VCPUS};
 
 /// The structured part of a `refvmm_gic_state` input: interrupts / 32, vCPUs, damage, where,
@@ -204,7 +204,7 @@ struct SnapshotFile;
 
 impl SnapshotFile {
     fn gic(payload: &[u8]) -> Vec<u8> {
-        refvmm::snapshot::gic_state::FORMAT
+        refvmm::gic::state::FORMAT
             .seal(payload)
             .expect("small")
     }
@@ -232,7 +232,7 @@ pub fn console_state_seeds() -> Vec<Seed> {
             c.write(off, &[v]);
         }
         c.enqueue_input(input);
-        SERIAL.encode(&c.to_wire()).expect("encodes")
+        SERIAL.encode(&c.state()).expect("encodes")
     };
     let linux = [
         (3, 0x80),
@@ -244,7 +244,7 @@ pub fn console_state_seeds() -> Vec<Seed> {
     ];
     let with = |extra: &[(u64, u8)]| [&linux[..], extra].concat();
     let full = saved(&linux, &[b'z'; 64]);
-    let mut overfull_wire: refvmm::snapshot::SerialWire = SERIAL.decode(&full).expect("decodes");
+    let mut overfull_wire: refvmm::devices::serial::ConsoleState = SERIAL.decode(&full).expect("decodes");
     overfull_wire.input.push(b'!');
     let overfull = SERIAL.encode(&overfull_wire).expect("encodes");
     let mut extra = full[HEADER_LEN..].to_vec();

@@ -1,12 +1,15 @@
 //! The saved vCPU state (`vcpus.bin`: the shared snapshot header, format
-//! [`super::VCPUS`], then a postcard `Vec<VcpuState>`): every register
+//! [`FILE`], then a postcard `Vec<VcpuState>`): every register
 //! `KVM_GET_REG_LIST` names and the MP state, the checks a state must pass before any of it is
 //! written to a vCPU, and the counter alignment applied on restore. Nothing here touches KVM,
 //! so the decoder and the checks build and are fuzzed on any host; saving and restoring through
-//! KVM is `super::vcpu` (aarch64 only), which re-exports everything here.
+//! KVM is `super::persist` (aarch64 only).
 
-use super::kvm_abi;
+use crate::kvm_abi;
 use crate::layout;
+use crate::persist::Stored;
+use crate::snapshot::StateFile;
+use sdei_migration::header::{SnapshotFormat, FLAG_OPTIONAL_ONLY};
 use serde::{Deserialize, Serialize};
 
 /// Most registers a vCPU state may name (KVM lists a few hundred; SVE adds ~100).
@@ -20,6 +23,32 @@ pub const MAX_ENCODED_VCPU_LEN: u64 = 5 + 2 + MAX_REGS as u64 * (10 + 2 + MAX_RE
 /// Largest encoded `vcpus.bin` payload a reader accepts: a state of [`MAX_ENCODED_VCPU_LEN`]
 /// for each of refvmm's most vCPUs, and the list's length. (Real ones are a few KiB per vCPU.)
 pub const MAX_ENCODED_LEN: u64 = 1 + layout::MAX_VCPUS as u64 * MAX_ENCODED_VCPU_LEN;
+
+/// `vcpus.bin`: a postcard `Vec<`[`VcpuState`]`>`, one per vCPU in index order.
+pub const FILE: StateFile = StateFile {
+    what: "vCPU state",
+    name: "vcpus.bin",
+    format: SnapshotFormat {
+        magic: *b"REFVMCPU",
+        major: 1,
+        minor: 0,
+        flags: FLAG_OPTIONAL_ONLY,
+        max_payload_len: MAX_ENCODED_LEN,
+    },
+};
+
+/// Every vCPU's state, in index order, is one file.
+impl Stored for Vec<VcpuState> {
+    const FILE: &'static str = FILE.name;
+
+    fn encode(&self) -> crate::snapshot::Result<Vec<u8>> {
+        FILE.encode(self)
+    }
+
+    fn decode(bytes: &[u8]) -> crate::snapshot::Result<Self> {
+        FILE.decode(bytes)
+    }
+}
 
 /// The guest's virtual and physical counters (`KVM_REG_ARM_TIMER_CNT`, CNTVCT_EL0, and
 /// `KVM_REG_ARM_PTIMER_CNT`, CNTPCT_EL0), which [`unify_counters`] aligns.
@@ -46,6 +75,14 @@ pub enum Error {
     /// The saved state does not fit this vCPU.
     #[error("Saved state of vCPU {0} is invalid: {1}")]
     Invalid(usize, String),
+    /// The snapshot has states for another number of vCPUs.
+    #[error("{states} vCPU states for {vcpus} vCPUs")]
+    Count {
+        /// States in the snapshot.
+        states: usize,
+        /// vCPUs in the VM.
+        vcpus: usize,
+    },
 }
 
 /// Result of vCPU state operations.

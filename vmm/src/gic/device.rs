@@ -1,4 +1,4 @@
-//! The in-kernel GICv3.
+//! Creating the in-kernel GICv3 (and an ITS).
 
 use crate::layout;
 use kvm_bindings::{
@@ -34,6 +34,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Gic {
     fd: DeviceFd,
     its: Option<DeviceFd>,
+    /// The vCPUs' MPIDRs in index order: the redistributors, which a saved state lists in the
+    /// same order.
+    mpidrs: Vec<u64>,
 }
 
 fn set(fd: &DeviceFd, what: &'static str, group: u32, attr: u64, addr: u64) -> Result<()> {
@@ -48,9 +51,9 @@ fn set(fd: &DeviceFd, what: &'static str, group: u32, attr: u64, addr: u64) -> R
 }
 
 impl Gic {
-    /// Creates the GICv3 (after every vCPU exists: the redistributors follow them) and
-    /// initialises it.
-    pub fn new(vm: &VmFd) -> Result<Self> {
+    /// Creates the GICv3 (after every vCPU exists: the redistributors follow them; `mpidrs`
+    /// are theirs, in index order) and initialises it.
+    pub fn new(vm: &VmFd, mpidrs: &[u64]) -> Result<Self> {
         let mut dev = kvm_create_device {
             type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
             fd: 0,
@@ -88,7 +91,11 @@ impl Gic {
             u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
             0,
         )?;
-        Ok(Gic { fd, its: None })
+        Ok(Gic {
+            fd,
+            its: None,
+            mpidrs: mpidrs.to_vec(),
+        })
     }
 
     /// Adds an ITS at [`layout::GIC_ITS_BASE`] (after the GIC is initialised).
@@ -116,6 +123,11 @@ impl Gic {
         )?;
         self.its = Some(fd);
         Ok(())
+    }
+
+    /// The vCPUs' MPIDRs it was created for.
+    pub fn mpidrs(&self) -> &[u64] {
+        &self.mpidrs
     }
 
     /// The device fd (for saving and restoring GIC state).

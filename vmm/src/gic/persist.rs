@@ -21,13 +21,13 @@
 //! refused: a VM with an ITS keeps LPI state in guest memory and in the ITS tables, which this
 //! module does not cover yet.
 
-pub use super::gic_state::{
-    affinity, ap_count, dist_layout, icc_layout, sysreg, CpuState, Error, GicState, Result, FORMAT,
-    ICC_CTLR_EL1, MAX_CPUS, MAX_PAYLOAD_LEN, REDIST_REGS,
+use super::regs::{
+    dist_layout, icc_layout, GICD_CTLR, GICR_PENDBASER, GICR_PROPBASER, ICC_CTLR_EL1, REDIST_REGS,
 };
-
-use super::gic_state::{check_nr_irqs, GICD_CTLR, GICR_PENDBASER, GICR_PROPBASER};
+use super::state::{check_nr_irqs, CpuState, Error, GicState, Result, MAX_CPUS};
+use super::Gic;
 use crate::layout;
+use crate::persist::Persist;
 use kvm_bindings::{
     kvm_device_attr, KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, KVM_DEV_ARM_VGIC_GRP_DIST_REGS,
     KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO, KVM_DEV_ARM_VGIC_GRP_REDIST_REGS,
@@ -35,6 +35,23 @@ use kvm_bindings::{
     VGIC_LEVEL_INFO_LINE_LEVEL,
 };
 use kvm_ioctls::DeviceFd;
+
+impl Persist for Gic {
+    type State = GicState;
+    type Error = Error;
+
+    /// The vCPUs must not be running.
+    fn save(&self) -> Result<GicState> {
+        save(self.fd(), self.mpidrs(), layout::GIC_NR_IRQS)
+    }
+
+    /// Call once every vCPU's own state is restored, none running; the state is checked
+    /// against this GIC's vCPUs and interrupts before anything is written.
+    fn restore(self, state: &GicState) -> Result<Self> {
+        restore(self.fd(), self.mpidrs(), layout::GIC_NR_IRQS, state)?;
+        Ok(self)
+    }
+}
 
 const GICD_TYPER: u32 = 0x4;
 const GICD_TYPER_LPIS: u32 = 1 << 17;
@@ -245,7 +262,7 @@ fn kvm_driven_ppis() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::gic_state::SGI;
+    use crate::gic::regs::SGI;
 
     #[test]
     fn gic_state_cpu_attr_packs_aff3_above_aff2() {

@@ -65,8 +65,10 @@ pub struct VcpuControl {
 
 struct ControlState {
     pause: bool,
+    /// Set once the VM has stopped: every vCPU thread returns at its next checkpoint.
+    stop: bool,
     parked: usize,
-    saved: Vec<Option<std::result::Result<crate::snapshot::vcpu::VcpuState, String>>>,
+    saved: Vec<Option<std::result::Result<super::state::VcpuState, String>>>,
 }
 
 /// How long a pause waits for every vCPU to park.
@@ -78,6 +80,7 @@ impl VcpuControl {
         VcpuControl {
             inner: Mutex::new(ControlState {
                 pause: false,
+                stop: false,
                 parked: 0,
                 saved: vec![None; n],
             }),
@@ -89,23 +92,45 @@ impl VcpuControl {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Called by vCPU `index`'s thread out of `KVM_RUN`: parks while the VM is paused.
-    pub fn checkpoint(&self, index: usize, fd: &VcpuFd) {
+    /// Called by vCPU `index`'s thread out of `KVM_RUN`: parks while the VM is paused;
+    /// returns whether the thread must stop (the VM has stopped, see [`VcpuControl::stop`]).
+    #[must_use]
+    pub fn checkpoint(&self, vcpu: &Vcpu) -> bool {
+        use crate::persist::Persist;
+        let index = usize::from(vcpu.index);
         let mut g = self.lock();
-        if !g.pause {
-            return;
+        if g.stop {
+            return true;
         }
-        let state = crate::snapshot::vcpu::save(fd, index).map_err(|e| crate::error_chain(&e));
+        if !g.pause {
+            return false;
+        }
+        let state = vcpu.save().map_err(|e| crate::error_chain(&e));
         if let Some(slot) = g.saved.get_mut(index) {
             *slot = Some(state);
         }
         g.parked += 1;
         self.cv.notify_all();
-        while g.pause {
+        while g.pause && !g.stop {
             g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         g.parked -= 1;
         self.cv.notify_all();
+        g.stop
+    }
+
+    /// Makes every vCPU thread return at its next checkpoint, paused or not, and kicks them
+    /// out of `KVM_RUN` (a vCPU that is off sleeps there); for the end of the VM.
+    pub fn stop(&self, kicker: &Kicker) {
+        let n = {
+            let mut g = self.lock();
+            g.stop = true;
+            g.saved.len()
+        };
+        self.cv.notify_all();
+        for i in 0..n {
+            kicker.kick(i);
+        }
     }
 
     /// Whether the VM is paused.
@@ -117,7 +142,7 @@ impl VcpuControl {
     pub fn pause(
         &self,
         kicker: &Kicker,
-    ) -> std::result::Result<Vec<crate::snapshot::vcpu::VcpuState>, String> {
+    ) -> std::result::Result<Vec<super::state::VcpuState>, String> {
         let n = {
             let mut g = self.lock();
             if !g.pause {
@@ -395,7 +420,12 @@ impl Vcpu {
         self.mpidr
     }
 
-    /// The vCPU's fd.
+    /// The vCPU's index (0 is the boot vCPU).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The vCPU's file descriptor.
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
     }
@@ -463,7 +493,9 @@ impl Vcpu {
                 mmio_open = false;
             }
             if !mmio_open {
-                control.checkpoint(usize::from(self.index), &self.fd);
+                if control.checkpoint(self) {
+                    return Ok(VcpuStop::Requested);
+                }
                 if let Some(h) = hypercalls {
                     h.before_run(&self.fd, self.index);
                 }

@@ -1,13 +1,30 @@
 //! Saving and restoring vCPUs through KVM: every register `KVM_GET_REG_LIST` names (core,
-//! system, timer, firmware pseudo-registers, SVE, PMU ...) and the MP state. The state type, its
-//! checks and the counter alignment are `super::vcpu_state`, re-exported here.
+//! system, timer, firmware pseudo-registers, SVE, PMU ...) and the MP state: [`Persist`] for
+//! [`Vcpu`]. The state type, its checks and the counter alignment are [`super::state`].
 
-pub use super::vcpu_state::{
-    reg_size, unify_counters, Error, Result, VcpuState, COUNTERS, MAX_REGS, MAX_REG_BYTES,
-};
-
+use super::state::{reg_size, Error, Result, VcpuState};
+use super::Vcpu;
+use crate::persist::Persist;
 use kvm_bindings::{kvm_mp_state, RegList};
 use kvm_ioctls::VcpuFd;
+
+impl Persist for Vcpu {
+    type State = VcpuState;
+    type Error = Error;
+
+    /// Call with the vCPU out of `KVM_RUN` (on its own thread, or before it has started).
+    fn save(&self) -> Result<VcpuState> {
+        save(self.fd(), usize::from(self.index()))
+    }
+
+    /// The vCPU must be initialised with the same features and not have run yet. The state
+    /// must pass [`VcpuState::check`], and every saved register must be one this vCPU lists;
+    /// the counters of all vCPUs are aligned first ([`super::state::unify_counters`]).
+    fn restore(self, state: &VcpuState) -> Result<Self> {
+        restore(self.fd(), usize::from(self.index()), state)?;
+        Ok(self)
+    }
+}
 
 /// The longest register list kvm-bindings' `RegList` can hold (KVM lists a few hundred
 /// registers without SVE; a longer list is reported as an error, never truncated).
@@ -21,8 +38,7 @@ fn reg_list(fd: &VcpuFd, index: usize) -> Result<Vec<u64>> {
     Ok(list.as_slice().to_vec())
 }
 
-/// Saves vCPU `index` (call with the vCPU out of `KVM_RUN`).
-pub fn save(fd: &VcpuFd, index: usize) -> Result<VcpuState> {
+fn save(fd: &VcpuFd, index: usize) -> Result<VcpuState> {
     let ids = reg_list(fd, index)?;
     let mut regs = Vec::with_capacity(ids.len());
     for id in ids {
@@ -38,9 +54,7 @@ pub fn save(fd: &VcpuFd, index: usize) -> Result<VcpuState> {
     Ok(VcpuState { mp_state, regs })
 }
 
-/// Restores vCPU `index` (initialised with the same features, not yet run). The state must pass
-/// [`VcpuState::check`], and every saved register must be one this vCPU lists.
-pub fn restore(fd: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
+fn restore(fd: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
     let ids = reg_list(fd, index)?;
     state.check(index)?;
     for (id, _) in &state.regs {

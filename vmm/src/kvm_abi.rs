@@ -60,7 +60,7 @@ const _: () = {
     assert!(REG_SIZE_SHIFT == kb::KVM_REG_SIZE_SHIFT);
     assert!(REG_SIZE_MASK == kb::KVM_REG_SIZE_MASK);
     assert!(MP_STATE_SUSPENDED == kb::KVM_MP_STATE_SUSPENDED);
-    assert!(super::vcpu_state::COUNTERS[0] == crate::regs::TIMER_CNT);
-    assert!(super::vcpu_state::COUNTERS[1] == crate::regs::PTIMER_CNT);
+    assert!(crate::vcpu::state::COUNTERS[0] == crate::regs::TIMER_CNT);
+    assert!(crate::vcpu::state::COUNTERS[1] == crate::regs::PTIMER_CNT);
     assert!(sysreg_id(3, 0, 0, 0, 5) == crate::regs::MPIDR_EL1);
 };
