@@ -394,7 +394,8 @@ struct Machine {
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The run loop boot and restore meet in: starts the threads (vCPUs, console output, API),
-/// serves events until the guest or the operator stops the VM, then stops the vCPUs.
+/// serves events until the guest or the operator stops the VM, then stops the vCPUs and
+/// waits until they have returned.
 fn run(
     cfg: &VmConfig,
     parts: Parts,
@@ -530,23 +531,27 @@ fn run(
 }
 
 /// Makes every vCPU thread leave its run loop and waits (up to [`VCPU_STOP_TIMEOUT`]) until
-/// they have; one that does not is left to the process's exit, still holding guest RAM.
+/// each has returned, having dropped its vCPU and its hold on guest RAM; one that has not is
+/// left to the process's exit, still holding guest RAM.
+///
+/// The threads are not joined: a finished thread has nothing left to do but exit, and
+/// `pthread_join` would wait on a shared futex, which the main thread's filter does not allow.
 fn stop_vcpus(control: &VcpuControl, kicker: &Kicker, threads: Vec<std::thread::JoinHandle<()>>) {
     control.stop(kicker);
     let deadline = std::time::Instant::now() + VCPU_STOP_TIMEOUT;
-    while threads.iter().any(|t| !t.is_finished()) {
+    loop {
+        let busy = threads.iter().filter(|t| !t.is_finished()).count();
+        if busy == 0 {
+            return;
+        }
         if std::time::Instant::now() >= deadline {
             log::warn!(
-                "{} vCPU thread(s) still busy {} s after the VM stopped",
-                threads.iter().filter(|t| !t.is_finished()).count(),
+                "{busy} vCPU thread(s) still busy {} s after the VM stopped",
                 VCPU_STOP_TIMEOUT.as_secs()
             );
             return;
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    for t in threads {
-        let _ = t.join();
     }
 }
 

@@ -101,12 +101,12 @@ pub enum Error {
     #[error("Snapshot lacks its {0} component")]
     Missing(&'static str),
     /// A payload does not decode.
-    #[error("Snapshot {what} cannot be decoded: {reason}")]
+    #[error("Snapshot {what} cannot be decoded")]
     Decode {
         /// What.
         what: &'static str,
         /// Why.
-        reason: String,
+        source: DecodeError,
     },
     /// A part's state in a snapshot file cannot be used: it does not decode, or does not
     /// fit the VM.
@@ -118,16 +118,19 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A state does not encode.
-    #[error("Snapshot {what} cannot be encoded: {reason}")]
+    #[error("Snapshot {what} cannot be encoded")]
     Encode {
         /// What.
         what: &'static str,
         /// Why.
-        reason: String,
+        source: postcard::Error,
     },
     /// The manifest describes an impossible VM.
-    #[error("Snapshot describes an invalid VM: {0}")]
-    Invalid(String),
+    #[error("Snapshot describes an invalid VM")]
+    Invalid(#[source] Invalid),
+    /// A snapshot path cannot be used.
+    #[error("Snapshot path {0} names no directory, or holds a NUL byte")]
+    BadPath(PathBuf),
     /// The snapshot's destination already exists; snapshots never overwrite anything.
     #[error(
         "Snapshot destination {0} already exists (snapshots never overwrite; name a new directory)"
@@ -142,6 +145,39 @@ pub enum Error {
         /// What it is instead.
         kind: &'static str,
     },
+}
+
+/// Why a payload does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// postcard refused it.
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
+    /// Bytes follow the value in a file of this build's version.
+    #[error("{0} bytes follow it")]
+    Trailing(usize),
+    /// A format 1.0 `gic.bin` that does not start with its version word, 1.
+    #[error("a format 1.0 snapshot's gic.bin must start with version 1")]
+    GicVersion,
+}
+
+/// What makes a manifest describe an impossible VM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// Not one MPIDR per vCPU.
+    #[error("{mpidrs} MPIDRs for {cpus} vCPUs")]
+    Mpidrs {
+        /// MPIDRs listed.
+        mpidrs: usize,
+        /// vCPUs in the shape.
+        cpus: u8,
+    },
+    /// More components than any snapshot has.
+    #[error("{0} components")]
+    Components(usize),
+    /// A component name that is not a plain file name.
+    #[error("component name {0:?}")]
+    Name(String),
 }
 
 /// Result of snapshot file operations.
@@ -217,7 +253,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(m).map_err(|e| Error::Encode {
         what: "manifest",
-        reason: e.to_string(),
+        source: e,
     })?;
     MANIFEST_FORMAT
         .seal(&payload)
@@ -254,25 +290,24 @@ fn open_manifest(bytes: &[u8]) -> Result<(SnapshotHeader, Manifest)> {
         file: MANIFEST,
         error,
     })?;
-    let decode_error = |reason: String| Error::Decode {
+    let decode_error = |source: DecodeError| Error::Decode {
         what: "manifest",
-        reason,
+        source,
     };
     let (m, rest): (Manifest, _) =
-        postcard::take_from_bytes(payload).map_err(|e| decode_error(e.to_string()))?;
+        postcard::take_from_bytes(payload).map_err(|e| decode_error(e.into()))?;
     // A newer minor (flagged optional-only) appends what it adds after the manifest.
     if !rest.is_empty() && !MANIFEST_FORMAT.is_newer(&header) {
-        return Err(decode_error(format!("{} bytes follow it", rest.len())));
+        return Err(decode_error(DecodeError::Trailing(rest.len())));
     }
     if m.mpidrs.len() != usize::from(m.shape.cpus) {
-        return Err(Error::Invalid(format!(
-            "{} MPIDRs for {} vCPUs",
-            m.mpidrs.len(),
-            m.shape.cpus
-        )));
+        return Err(Error::Invalid(Invalid::Mpidrs {
+            mpidrs: m.mpidrs.len(),
+            cpus: m.shape.cpus,
+        }));
     }
     if m.components.len() > 16 {
-        return Err(Error::Invalid(format!("{} components", m.components.len())));
+        return Err(Error::Invalid(Invalid::Components(m.components.len())));
     }
     for c in &m.components {
         let ok_name = !c.name.is_empty()
@@ -282,7 +317,7 @@ fn open_manifest(bytes: &[u8]) -> Result<(SnapshotHeader, Manifest)> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             && !c.name.starts_with('.');
         if !ok_name {
-            return Err(Error::Invalid(format!("component name {:?}", c.name)));
+            return Err(Error::Invalid(Invalid::Name(c.name.clone())));
         }
         if c.len > component_cap(&c.name, &m.shape) {
             return Err(Error::Oversized {
@@ -313,7 +348,7 @@ impl StateFile {
     pub fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
         let payload = postcard::to_allocvec(value).map_err(|e| Error::Encode {
             what: self.what,
-            reason: e.to_string(),
+            source: e,
         })?;
         self.format.seal(&payload).map_err(|error| Error::Header {
             file: self.name,
@@ -328,14 +363,14 @@ impl StateFile {
             file: self.name,
             error,
         })?;
-        let decode_error = |reason: String| Error::Decode {
+        let decode_error = |source: DecodeError| Error::Decode {
             what: self.what,
-            reason,
+            source,
         };
         let (value, rest) =
-            postcard::take_from_bytes(payload).map_err(|e| decode_error(e.to_string()))?;
+            postcard::take_from_bytes(payload).map_err(|e| decode_error(e.into()))?;
         if !rest.is_empty() && !self.format.is_newer(&header) {
-            return Err(decode_error(format!("{} bytes follow it", rest.len())));
+            return Err(decode_error(DecodeError::Trailing(rest.len())));
         }
         Ok(value)
     }
@@ -354,7 +389,7 @@ fn upgrade_v1_0(name: &'static str, bytes: Vec<u8>) -> Result<Vec<u8>> {
             _ => {
                 return Err(Error::Decode {
                     what: "GIC state",
-                    reason: "a format 1.0 snapshot's gic.bin must start with version 1".into(),
+                    source: DecodeError::GicVersion,
                 })
             }
         },
@@ -393,7 +428,7 @@ impl Writer {
         let name = dir
             .file_name()
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| Error::Invalid(format!("{} names no directory", dir.display())))?;
+            .ok_or_else(|| Error::BadPath(dir.to_path_buf()))?;
         let parent = match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -520,7 +555,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| Error::Invalid(format!("{} contains a NUL byte", p.display())))
+            .map_err(|_| Error::BadPath(p.to_path_buf()))
     };
     let (cf, ct) = (c(from)?, c(to)?);
     // SAFETY: both pointers are NUL-terminated strings that live across the call; renameat2
