@@ -327,8 +327,7 @@ pub struct Access {
 impl Access {
     /// Allows refvmm's own effective user and `others`.
     pub fn new(others: &[u32]) -> Self {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let own_uid = unsafe { libc::geteuid() };
+        let own_uid = crate::sys::effective_uid();
         Access {
             own_uid,
             others: others.to_vec(),
@@ -358,28 +357,7 @@ impl Access {
 
 /// The uid of the process at the other end of a Unix stream (`SO_PEERCRED`).
 pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes and `len` holds the size of `cred`; the
-    // kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.uid)
+    crate::sys::peer_uid(stream)
 }
 
 /// Binds the API socket with the operator's mode (default 0600); a stale socket file nobody
@@ -546,8 +524,7 @@ mod tests {
     #[test]
     fn the_peer_check_reads_real_credentials() {
         let (a, _b) = UnixStream::pair().unwrap();
-        // SAFETY: geteuid cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::effective_uid();
         assert_eq!(peer_uid(&a).unwrap(), me);
         assert!(Access::new(&[]).check(&a).is_ok());
         let stranger = me.wrapping_add(4242);
@@ -555,64 +532,14 @@ mod tests {
         assert!(Access::new(&[stranger]).allows(stranger));
     }
 
-    /// Connects to `path` from a forked child running as uid/gid 65534, sends `status` and
-    /// returns the first bytes of the answer. The child makes raw syscalls only (no
-    /// allocation, no locks), as a child forked from a threaded process must.
     fn status_as_nobody(path: &Path) -> String {
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: a zeroed sockaddr_un is a valid value.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = path.as_os_str().as_bytes();
-        assert!(bytes.len() < addr.sun_path.len());
-        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
-        }
-        let (mut rx, tx) = UnixStream::pair().unwrap();
-        use std::os::fd::AsRawFd;
-        let tx_fd = tx.as_raw_fd();
-        // SAFETY: the child only makes async-signal-safe syscalls on memory set up before the
-        // fork, then `_exit`s; the parent only waits for it.
-        unsafe {
-            let pid = libc::fork();
-            assert!(pid >= 0);
-            if pid == 0 {
-                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                    libc::_exit(2);
-                }
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-                if fd < 0 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
-                {
-                    libc::_exit(3);
-                }
-                let req = b"status\n";
-                libc::write(fd, req.as_ptr().cast(), req.len());
-                let mut buf = [0u8; 256];
-                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                if n > 0 {
-                    libc::write(tx_fd, buf.as_ptr().cast(), n as usize);
-                }
-                libc::_exit(0);
-            }
-            drop(tx);
-            let mut answer = String::new();
-            let _ = rx.read_to_string(&mut answer);
-            let mut st = 0;
-            libc::waitpid(pid, &mut st, 0);
-            assert!(
-                libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-                "child status {st:#x}"
-            );
-            answer
-        }
+        crate::sys::testing::request_as_nobody(path, b"status\n")
     }
 
     #[test]
     fn a_connection_from_another_uid_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        let euid = crate::sys::effective_uid();
         assert_eq!(
             euid, 0,
             "this test runs as root: it starts a client under another uid"

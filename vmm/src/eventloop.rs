@@ -6,7 +6,6 @@ use crate::devices::serial::Console;
 use crate::vcpu::VcpuStop;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::{mpsc, Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -89,23 +88,22 @@ impl<W: Write + Send> MutEventSubscriber for StdinInput<W> {
         }
         let mut buf = [0u8; 64];
         let want = room.min(buf.len());
-        // SAFETY: reading at most `want` bytes into a live buffer of at least that size.
-        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), want) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted
-                || e.kind() == std::io::ErrorKind::WouldBlock
+        let n = match crate::sys::read_stdin(&mut buf[..want]) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Interrupted
+                    || e.kind() == std::io::ErrorKind::WouldBlock =>
             {
                 return;
             }
-        }
-        // End of file, or an error that will not go away.
-        if n <= 0 {
-            let _ = ops.remove(events);
-            return;
-        }
+            Ok(n) if n > 0 => n,
+            // End of file, or an error that will not go away.
+            _ => {
+                let _ = ops.remove(events);
+                return;
+            }
+        };
         if let Ok(mut c) = self.console.lock() {
-            c.enqueue_input(&buf[..n as usize]);
+            c.enqueue_input(&buf[..n]);
         }
     }
 
@@ -122,8 +120,8 @@ struct RawStdin(bool);
 
 impl RawStdin {
     fn new() -> Self {
-        // SAFETY: isatty only inspects the fd.
-        let tty = unsafe { libc::isatty(std::io::stdin().as_raw_fd()) } == 1;
+        use std::io::IsTerminal;
+        let tty = std::io::stdin().is_terminal();
         RawStdin(tty && std::io::stdin().lock().set_raw_mode().is_ok())
     }
 }

@@ -5,6 +5,8 @@
 //! aarch64
 //! `memory`, `boot`, `vcpu`, `gic`, `eventloop` and `vm`, which talk to KVM.
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod config;
 pub mod devices;
@@ -30,6 +32,8 @@ pub mod regs;
 #[cfg(target_arch = "aarch64")]
 pub mod sdei;
 pub mod snapshot;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod vcpu;
 #[cfg(target_arch = "aarch64")]
 pub mod vm;

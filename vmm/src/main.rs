@@ -5,6 +5,8 @@
 //! unavailable, no KVM); 10 guest reset; 11 guest crashed; 31 a thread broke its seccomp
 //! filter (`docs/seccomp.md`). See `docs/refvmm.md`.
 
+#![deny(unsafe_code)]
+
 use clap::Parser;
 use refvmm::{config, exit_status};
 use std::process::ExitCode;

@@ -9,7 +9,6 @@
 
 use mte_memory::{memfd, BackingKind};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::mmap::MmapRegionBuilder;
@@ -228,18 +227,7 @@ impl PmemBacking {
             what: self.what.clone(),
             source,
         };
-        // SAFETY: the range is exactly the live mapping `self.mapping` owns (start and length
-        // as mmap returned them); msync only writes back its pages and touches no Rust memory.
-        let ret = unsafe {
-            libc::msync(
-                self.mapping.as_ptr().cast(),
-                self.mapping.size(),
-                libc::MS_SYNC,
-            )
-        };
-        if ret != 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
+        crate::sys::msync(&self.mapping).map_err(err)?;
         self.file.sync_all().map_err(err)
     }
 }
@@ -259,9 +247,7 @@ fn open_file(path: &Path, cfg: &PmemConfig) -> Result<File, Error> {
     } else {
         libc::LOCK_EX
     };
-    // SAFETY: flock on a descriptor `file` keeps open; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = crate::sys::flock(std::os::fd::AsFd::as_fd(&file), op) {
         return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             Error::Locked {
                 path: path.to_path_buf(),
@@ -428,10 +414,7 @@ mod tests {
         let b = PmemBacking::open(&cfg, 0, false).unwrap();
         assert_eq!(b.size(), 2 * MIB);
         let msg = b"persistent hello";
-        // SAFETY: the mapping is 2 MiB, writable, and alive while `b` is.
-        unsafe {
-            std::ptr::copy_nonoverlapping(msg.as_ptr(), b.mapping().as_ptr().add(4096), msg.len())
-        };
+        crate::sys::testing::write_mapping(&b.mapping(), 4096, msg);
         b.flush().unwrap();
         let mut other = File::open(&f.0).unwrap();
         other.seek(SeekFrom::Start(4096)).unwrap();
@@ -462,8 +445,7 @@ mod tests {
         let b = PmemBacking::open(&cfg, 0, false).unwrap();
         assert!(b.readonly());
         assert_eq!(b.mapping().prot(), libc::PROT_READ);
-        // SAFETY: reading the first bytes of a live 2 MiB mapping.
-        let head = unsafe { std::slice::from_raw_parts(b.mapping().as_ptr(), 4) };
+        let head = crate::sys::testing::read_mapping(&b.mapping(), 0, 4);
         assert_eq!(head, b"seed");
         assert!(matches!(b.flush(), Err(Error::ReadOnly { .. })));
         // Two readers may share the file.
@@ -478,8 +460,7 @@ mod tests {
         assert!(b.file().set_len(MIB).is_err(), "sealed against shrinking");
         assert_eq!(memfd::seals(b.file()).unwrap(), memfd::FIXED_SIZE);
         assert_eq!(BackingKind::of_file(b.file()).unwrap(), BackingKind::Shmem);
-        // SAFETY: reading the first page of a live 2 MiB mapping.
-        let page = unsafe { std::slice::from_raw_parts(b.mapping().as_ptr(), 4096) };
+        let page = crate::sys::testing::read_mapping(&b.mapping(), 0, 4096);
         assert!(page.iter().all(|&x| x == 0));
         b.flush().unwrap();
     }

@@ -162,9 +162,7 @@ thread_local! {
 /// Writes `parts` to stderr without allocating (signal context).
 fn write_stderr(parts: &[&[u8]]) {
     for p in parts {
-        // SAFETY: writes from a valid buffer of the given length; fd 2 may be closed, which
-        // only makes the write fail.
-        let _ = unsafe { libc::write(2, p.as_ptr().cast(), p.len()) };
+        crate::sys::write_stderr(p);
     }
 }
 
@@ -182,15 +180,9 @@ fn decimal(v: u32, buf: &mut [u8; 10]) -> &[u8] {
     }
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // For SIGSYS, siginfo_t's union holds {void *call_addr; int syscall; unsigned arch}: the
-    // syscall number sits 24 bytes in on 64-bit Linux.
-    let nr = if info.is_null() {
-        u32::MAX
-    } else {
-        // SAFETY: the kernel passes a full siginfo_t; the read is inside it and aligned.
-        unsafe { info.cast::<u8>().add(24).cast::<i32>().read() as u32 }
-    };
+/// The SIGSYS report (signal context: no allocation, no locks): which thread category made
+/// which forbidden system call; then the process ends.
+fn report_violation(nr: u32) -> ! {
     let cat = THREAD_CATEGORY
         .with(Cell::get)
         .map_or("unfiltered", Category::name);
@@ -202,8 +194,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         decimal(nr, &mut buf),
         b", which its filter forbids; stopping\n",
     ]);
-    // SAFETY: _exit ends the process at once; nothing after it runs.
-    unsafe { libc::_exit(i32::from(crate::exit_status::SECCOMP_VIOLATION)) };
+    crate::sys::exit_now(i32::from(crate::exit_status::SECCOMP_VIOLATION))
 }
 
 /// The filters of one mode, ready to install.
@@ -250,8 +241,7 @@ impl Sandbox {
             filters.push((c, all.swap_remove(i).1));
         }
         if mode == SeccompMode::Enforce {
-            vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
-                .map_err(|e| Error::Handler(std::io::Error::from_raw_os_error(e.errno())))?;
+            crate::sys::install_sigsys_handler(report_violation).map_err(Error::Handler)?;
         }
         Ok(Sandbox {
             mode,
@@ -342,8 +332,7 @@ fn probe(category: Category) {
         "test hook {PROBE_ENV}: this {} thread now calls {PROBE_SYSCALL}, which its filter forbids",
         category.name()
     );
-    // SAFETY: getppid takes no arguments and cannot fail.
-    let parent = unsafe { libc::syscall(libc::SYS_getppid) };
+    let parent = std::os::unix::process::parent_id();
     log::warn!(
         "test hook {PROBE_ENV}: {PROBE_SYSCALL} returned {parent}: the filter let it through"
     );
@@ -550,8 +539,7 @@ mod tests {
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let h = sb
             .spawn(Category::Vcpu, "filtered".into(), move || {
-                // SAFETY: gettid takes no arguments (and the vcpu list allows it).
-                let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+                let tid = crate::sys::gettid();
                 tid_tx.send(tid).unwrap();
                 let _ = go_rx.recv();
             })

@@ -29,7 +29,6 @@ use crate::vcpu::{
 };
 use kvm_ioctls::Kvm;
 use mte_memory::SharedGuestMemory;
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 use vm_memory::GuestAddress;
@@ -496,8 +495,8 @@ fn run(
         let kicks = kicker.clone();
         let t = sandbox
             .spawn(Category::Vcpu, format!("vcpu{i}"), move || {
-                // No kick may target this thread once it has exited.
-                let _registered = kicks.exit_guard(usize::from(i));
+                // Kicks reach this thread from here on, and none once it has exited.
+                let _registered = kicks.register_current(usize::from(i));
                 start.wait();
                 let stop = match v.run(&bus, hooks.as_ref(), &control) {
                     Ok(stop) => stop,
@@ -510,7 +509,6 @@ fn run(
                 drop(ram);
             })
             .map_err(|e| Error::Thread(i, e))?;
-        kicker.register(usize::from(i), t.as_pthread_t());
         threads.push(t);
     }
     let stop = eventloop::run(console, &exit, api, || {

@@ -82,25 +82,35 @@ const REDIST: u32 = KVM_DEV_ARM_VGIC_GRP_REDIST_REGS;
 const SYSREGS: u32 = KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS;
 const LEVELS: u32 = KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO;
 
-/// Reads an attribute into a `T` (u32 for the register groups, u64 for the CPU interface).
-fn get<T: Copy + Default>(gic: &DeviceFd, group: u32, attr: u64, what: &'static str) -> Result<T> {
-    let mut value = T::default();
-    let mut a = kvm_device_attr {
-        group,
-        attr,
-        addr: &mut value as *mut T as u64,
-        flags: 0,
-    };
-    // SAFETY: `addr` points at `value`, live and writable for the call; callers pick `T` as the
-    // group's value width (32 bits for registers and levels, 64 for system registers), so the
-    // kernel writes within it.
-    unsafe { gic.get_device_attr(&mut a) }.map_err(|source| Error::Access {
-        op: "read",
-        what,
-        attr,
-        source,
-    })?;
-    Ok(value)
+/// The width of a group's values: u32 for the register groups and line levels, u64 for the
+/// CPU interface.
+trait AttrValue: Copy {
+    fn from_attr(v: u64) -> Self;
+}
+
+impl AttrValue for u32 {
+    fn from_attr(v: u64) -> Self {
+        // A 32-bit attribute fills the low half (`sys::get_device_attr`).
+        v as u32
+    }
+}
+
+impl AttrValue for u64 {
+    fn from_attr(v: u64) -> Self {
+        v
+    }
+}
+
+/// Reads an attribute as a `T`.
+fn get<T: AttrValue>(gic: &DeviceFd, group: u32, attr: u64, what: &'static str) -> Result<T> {
+    crate::sys::get_device_attr(gic, group, attr)
+        .map(T::from_attr)
+        .map_err(|source| Error::Access {
+            op: "read",
+            what,
+            attr,
+            source,
+        })
 }
 
 fn set<T: Copy>(gic: &DeviceFd, group: u32, attr: u64, value: T, what: &'static str) -> Result<()> {

@@ -553,26 +553,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// `rename` replaces an empty directory).
 fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| Error::BadPath(p.to_path_buf()))
-    };
-    let (cf, ct) = (c(from)?, c(to)?);
-    // SAFETY: both pointers are NUL-terminated strings that live across the call; renameat2
-    // only reads them.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            cf.as_ptr(),
-            libc::AT_FDCWD,
-            ct.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
+    if [from, to]
+        .iter()
+        .any(|p| p.as_os_str().as_bytes().contains(&0))
+    {
+        return Err(Error::BadPath(from.to_path_buf()));
     }
-    let e = std::io::Error::last_os_error();
+    let Err(e) = crate::sys::rename_noreplace(from, to) else {
+        return Ok(());
+    };
     if e.raw_os_error() == Some(libc::EEXIST) {
         Err(Error::Exists(to.to_path_buf()))
     } else {
@@ -1134,9 +1123,7 @@ mod tests {
     fn a_fifo_manifest_is_refused_at_once() {
         let s = Scratch::new("fifo");
         let fifo = s.0.join(MANIFEST);
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path that outlives the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::sys::testing::mkfifo(&fifo).unwrap();
         let t = std::time::Instant::now();
         let e = Reader::open(&s.0)
             .err()

@@ -10,7 +10,6 @@ use kvm_bindings::{
     KVM_EXIT_ARM_NISV, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 /// Errors creating or running a vCPU.
@@ -204,40 +203,23 @@ pub trait HypercallHandler: Send + Sync {
     fn wants_registers(&self, index: u8) -> bool;
 }
 
-thread_local! {
-    /// The running vCPU's `kvm_run` area, for the kick signal handler.
-    static KVM_RUN_AREA: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
-}
-
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Setting immediate_exit makes a KVM_RUN that has not started yet return EINTR at once,
-    // closing the race between "no event pending" and entering the guest.
-    let p = KVM_RUN_AREA.with(Cell::get);
-    if !p.is_null() {
-        // SAFETY: `p` points to this thread's vCPU `kvm_run` mapping, which stays mapped while
-        // the pointer is published (see `Vcpu::run`); a single byte store is signal safe.
-        unsafe { std::ptr::addr_of_mut!((*p).immediate_exit).write_volatile(1) };
-    }
-}
-
 /// Installs the kick signal's handler (process-wide, once before vCPU threads start).
 pub fn install_kick_handler() -> std::io::Result<()> {
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    crate::sys::kick::install_handler(kick_signal())
 }
 
 /// Kicks vCPU threads out of `KVM_RUN`.
 ///
-/// A thread is signalled only while it is registered, and the signal is sent with the registry
-/// locked; each vCPU thread unregisters itself (taking the same lock) before it returns, so a
-/// `pthread_t` is never used after its thread has exited.
+/// Each vCPU thread registers its own thread ID when it starts ([`Kicker::register_current`])
+/// and unregisters when it returns; a thread is signalled (`tgkill`) only while registered,
+/// with the registry locked, so a kick never reaches a thread ID the kernel may have reused.
 pub struct Kicker {
-    threads: Mutex<Vec<Option<libc::pthread_t>>>,
+    threads: Mutex<Vec<Option<libc::pid_t>>>,
 }
 
 impl Kicker {
@@ -248,21 +230,18 @@ impl Kicker {
         }
     }
 
-    /// Records the thread of vCPU `index`.
-    pub fn register(&self, index: usize, thread: libc::pthread_t) {
+    /// Records the calling thread as vCPU `index`'s, until the guard it returns is dropped
+    /// (when the thread returns or unwinds). A kick before this is lost, so call it before
+    /// the thread first looks for work.
+    pub fn register_current(self: &Arc<Self>, index: usize) -> KickGuard {
         if let Some(slot) = self
             .threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(index)
         {
-            *slot = Some(thread);
+            *slot = Some(crate::sys::gettid());
         }
-    }
-
-    /// A guard for vCPU `index`'s thread to hold while it runs: dropping it (when the thread
-    /// returns or unwinds) unregisters the thread.
-    pub fn exit_guard(self: &Arc<Self>, index: usize) -> KickGuard {
         KickGuard {
             kicker: self.clone(),
             index,
@@ -284,12 +263,11 @@ impl Kicker {
     /// Sends the kick signal to vCPU `index`'s thread, if it is still running.
     pub fn kick(&self, index: usize) {
         let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = threads.get(index).copied().flatten() {
-            // SAFETY: `t` is registered, so its thread has not passed `unregister` yet (which
-            // needs the lock held here): it is alive for the duration of this call.
-            let rc = unsafe { libc::pthread_kill(t, kick_signal()) };
-            if rc != 0 {
-                log::warn!("cannot kick vCPU {index}: error {rc}");
+        if let Some(tid) = threads.get(index).copied().flatten() {
+            // Registered: the thread has not passed `unregister` yet (which needs the lock
+            // held here), so the thread ID is still its own.
+            if let Err(e) = crate::sys::tgkill(tid, kick_signal()) {
+                log::warn!("cannot kick vCPU {index}: {e}");
             }
         }
     }
@@ -444,11 +422,7 @@ impl Vcpu {
         hypercalls: Option<&Arc<dyn HypercallHandler>>,
         control: &VcpuControl,
     ) -> Result<VcpuStop> {
-        let area: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
-        KVM_RUN_AREA.with(|c| c.set(area));
-        let res = self.run_loop(bus, hypercalls, control);
-        KVM_RUN_AREA.with(|c| c.set(std::ptr::null_mut()));
-        res
+        self.run_loop(bus, hypercalls, control)
     }
 
     /// Lets KVM finish the last exit's MMIO access without entering the guest: `KVM_RUN` with
@@ -501,7 +475,7 @@ impl Vcpu {
                 }
             }
             mmio_open = false;
-            let exit = match self.fd.run() {
+            let exit = match crate::sys::kick::run(&mut self.fd) {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
@@ -545,10 +519,7 @@ impl Vcpu {
                     }
                 }
                 VcpuExit::Unsupported(KVM_EXIT_ARM_NISV) => {
-                    // SAFETY: the exit reason says KVM filled the `arm_nisv` member of the
-                    // kvm_run union; it is plain data, read once while this thread owns the run
-                    // area between KVM_RUNs.
-                    let ipa = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.arm_nisv.fault_ipa };
+                    let ipa = crate::sys::nisv_fault_ipa(&mut self.fd);
                     if !bus.is_read_only_memory(ipa) {
                         log::error!(
                             "vCPU {}: an access at {ipa:#x} that KVM cannot decode (no valid \
@@ -595,13 +566,15 @@ mod kicker_tests {
         install_kick_handler().unwrap();
         let kicker = Arc::new(Kicker::new(1));
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
         let k = kicker.clone();
         let t = std::thread::spawn(move || {
-            let _registered = k.exit_guard(0);
+            let _registered = k.register_current(0);
+            up_tx.send(()).unwrap();
             go_rx.recv().unwrap();
         });
-        use std::os::unix::thread::JoinHandleExt;
-        kicker.register(0, t.as_pthread_t());
+        up_rx.recv().unwrap();
+        assert!(kicker.threads.lock().unwrap()[0].is_some(), "registered");
         kicker.kick(0); // Alive: the signal is delivered and handled.
         go_tx.send(()).unwrap();
         t.join().unwrap();

@@ -449,10 +449,7 @@ mod tests {
 
         // The guest writes to its pmem (the same pages as the host mapping), then flushes.
         let data = b"written by the guest before a flush";
-        // SAFETY: the mapping is 2 MiB, writable, and kept alive by `mapping`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), mapping.as_ptr().add(0x1000), data.len())
-        };
+        crate::sys::testing::write_mapping(&mapping, 0x1000, data);
         let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
         d.submit(&[head]);
 
