@@ -1,5 +1,5 @@
-//! The few arm64 KVM ABI values that the saved-state codecs ([`super::gic_state`],
-//! [`super::vcpu_state`]) need, so that they build on every host (kvm-bindings provides its
+//! The few arm64 KVM ABI values that the saved-state codecs ([`crate::gic::state`],
+//! [`crate::vcpu::state`]) need, so that they build on every host (kvm-bindings provides its
 //! arm64 bindings only when building for aarch64, and the fuzz targets run on x86_64).
 //!
 //! On aarch64, `super::gic` and `super::vcpu` assert at compile time that every value here is

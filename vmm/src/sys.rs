@@ -8,9 +8,9 @@
 //! - process: [`effective_uid`], [`gettid`], [`write_stderr`], [`exit_now`], [`tgkill`];
 //! - files: [`flock`], [`msync`], [`rename_noreplace`], [`read_stdin`], [`peer_uid`];
 //! - signals: [`install_sigsys_handler`] (the seccomp violation report) and, on aarch64,
-//!   [`kick`] (the vCPU kick signal and the `KVM_RUN` it interrupts);
-//! - KVM, on aarch64: [`get_device_attr`], [`nisv_fault_ipa`], [`kick`];
-//! - tests: [`testing`].
+//!   `kick` (the vCPU kick signal and the `KVM_RUN` it interrupts);
+//! - KVM, on aarch64: `get_device_attr`, `nisv_fault_ipa`;
+//! - tests: `testing` (built for unit tests only).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -1,8 +1,8 @@
 //! Builds a VM from a [`VmConfig`] and runs it until the guest stops it.
 //!
-//! Two ways in, one way on: [`boot`] loads a kernel into freshly built parts, [`restore`]
+//! Two ways in, one way on: [`boot()`] loads a kernel into freshly built parts, [`restore`]
 //! gives the same parts the state of a snapshot ([`crate::persist`]), and both hand them to
-//! one run loop. [`Parts::build`] is what they share: the VM and its memory, the vCPUs, the
+//! one run loop. `Parts::build` is what they share: the VM and its memory, the vCPUs, the
 //! GIC, the console's interrupt and the virtio-pmem devices, all as boot would have them.
 
 use crate::api::{self, ApiHandler, Request};

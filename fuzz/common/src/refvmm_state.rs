@@ -7,10 +7,8 @@ use refvmm::gic::state::{
     affinity, ap_count, dist_layout, icc_layout, CpuState, Error as GicError, GicState, FORMAT,
     ICC_CTLR_EL1, MAX_CPUS, REDIST_REGS,
 };
-use refvmm::vcpu::state::{
-    reg_size, unify_counters, VcpuState, COUNTERS, MAX_REGS, MAX_REG_BYTES,
-};
 use refvmm::snapshot::VCPUS;
+use refvmm::vcpu::state::{reg_size, unify_counters, VcpuState, COUNTERS, MAX_REGS, MAX_REG_BYTES};
 
 /// Decodes `data` as `gic.bin` (as given, and with the header's length and checksums made to
 /// match), then builds a state from it (see [`gic_input`]) and checks that encoding and
@@ -369,7 +367,10 @@ fn check_console(data: &[u8]) {
         return;
     };
     let again = SERIAL.encode(&wire).expect("a decoded state encodes");
-    assert_eq!(SERIAL.decode::<ConsoleState>(&again).ok(), Some(wire.clone()));
+    assert_eq!(
+        SERIAL.decode::<ConsoleState>(&again).ok(),
+        Some(wire.clone())
+    );
     let irq = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
     let restored = Console::from_state(
         irq.try_clone().expect("a second eventfd handle"),
@@ -385,11 +386,7 @@ fn check_console(data: &[u8]) {
     let Ok(mut console) = restored else {
         return;
     };
-    assert_eq!(
-        console.state(),
-        wire,
-        "a restored console saves its state"
-    );
+    assert_eq!(console.state(), wire, "a restored console saves its state");
     assert_eq!(console.input_room(), 64 - wire.input.len());
     let [dll, dlm, ier, iir, lcr, lsr, mcr, _msr, scr] = wire.regs;
     let thr_pending = ier & 0x02 != 0 && iir & 0x02 != 0;

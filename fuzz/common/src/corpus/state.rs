@@ -6,8 +6,8 @@ use super::headers::header_seeds;
 use super::Seed;
 use crate::header::HEADER_LEN;
 use crate::refvmm_state::gic_input;
-use refvmm::vcpu::state::{VcpuState, COUNTERS};
 use refvmm::snapshot::{SERIAL, VCPUS};
+use refvmm::vcpu::state::{VcpuState, COUNTERS};
 
 /// The structured part of a `refvmm_gic_state` input: interrupts / 32, vCPUs, damage, where,
 /// then values.
@@ -204,9 +204,7 @@ struct SnapshotFile;
 
 impl SnapshotFile {
     fn gic(payload: &[u8]) -> Vec<u8> {
-        refvmm::gic::state::FORMAT
-            .seal(payload)
-            .expect("small")
+        refvmm::gic::state::FORMAT.seal(payload).expect("small")
     }
     fn vcpus(payload: &[u8]) -> Vec<u8> {
         VCPUS.format.seal(payload).expect("small")
@@ -244,7 +242,8 @@ pub fn console_state_seeds() -> Vec<Seed> {
     ];
     let with = |extra: &[(u64, u8)]| [&linux[..], extra].concat();
     let full = saved(&linux, &[b'z'; 64]);
-    let mut overfull_wire: refvmm::devices::serial::ConsoleState = SERIAL.decode(&full).expect("decodes");
+    let mut overfull_wire: refvmm::devices::serial::ConsoleState =
+        SERIAL.decode(&full).expect("decodes");
     overfull_wire.input.push(b'!');
     let overfull = SERIAL.encode(&overfull_wire).expect("encodes");
     let mut extra = full[HEADER_LEN..].to_vec();
