@@ -250,6 +250,33 @@ pub mod kick {
         RUN_AREA.with(|c| c.set(std::ptr::null_mut()));
         res
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_kick_outside_run_makes_the_next_run_return_at_once() {
+            let signal = vmm_sys_util::signal::SIGRTMIN();
+            install_handler(signal).unwrap();
+            let kvm = kvm_ioctls::Kvm::new().unwrap();
+            let vm = kvm.create_vm().unwrap();
+            let mut init = kvm_bindings::kvm_vcpu_init::default();
+            vm.get_preferred_target(&mut init).unwrap();
+            let mut fd = vm.create_vcpu(0).unwrap();
+            fd.vcpu_init(&init).unwrap();
+            // Outside `run`, the kick is remembered for the next one.
+            crate::sys::tgkill(crate::sys::gettid(), signal).unwrap();
+            assert!(KICKED.with(|k| k.load(Ordering::Relaxed)), "remembered");
+            let e = run(&mut fd).map(|_| ()).unwrap_err();
+            assert_eq!(e.errno(), libc::EINTR, "the guest was not entered");
+            assert!(
+                !KICKED.with(|k| k.load(Ordering::Relaxed)),
+                "the kick was taken"
+            );
+            assert!(RUN_AREA.with(Cell::get).is_null(), "unpublished after run");
+        }
+    }
 }
 
 /// Helpers for tests.

@@ -582,6 +582,6 @@ mod kicker_tests {
             kicker.threads.lock().unwrap()[0].is_none(),
             "the exiting thread unregistered itself"
         );
-        kicker.kick(0); // A no-op, not a pthread_kill of a dead thread.
+        kicker.kick(0); // A no-op, not a signal to a thread ID the kernel may reuse.
     }
 }
