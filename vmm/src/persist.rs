@@ -10,10 +10,13 @@
 //! | the console | [`crate::devices::serial::Console`] | [`crate::devices::serial::ConsoleState`] | `serial.bin` |
 //! | SDEI | `sdei::Sdei` | `sdei::SdeiState` | `sdei.bin` |
 //! | MTE tags | `memory::Tags` | `memory::MteTags` | `mte-tags.bin` |
+//! | a virtio device | [`crate::devices::virtio::MmioTransport`] | [`crate::devices::virtio::mmio::TransportState`] | none yet |
 //!
 //! Guest RAM is the one part too large for a value: `memory::save_ram` and
-//! `memory::restore_ram` stream it to and from `memory.bin`. virtio-pmem devices keep no
-//! state of their own in a snapshot yet: snapshots of VMs with them are refused.
+//! `memory::restore_ram` stream it to and from `memory.bin`. A virtio device's state is its
+//! transport's (registers, queues and where the device stands in them; virtio-pmem keeps
+//! nothing else), but it has no file yet: snapshots of VMs with virtio-pmem are refused,
+//! since a memfd backing's contents would have to be saved too.
 //!
 //! Saving happens with the VM paused; restoring takes the part as boot would have built it
 //! (`vm::boot` and `vm::restore` share that step) and gives it back with the state in place,

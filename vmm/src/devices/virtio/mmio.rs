@@ -9,6 +9,8 @@
 
 use super::{interrupt, status, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::MmioDevice;
+use crate::persist::Persist;
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -96,6 +98,85 @@ pub enum Error {
     },
 }
 
+/// A transport's saved state: its registers and each queue's, enough for the driver's
+/// session to carry on (the device behind it keeps no state of its own in a snapshot; a
+/// device that does would add it here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The device ID the state was saved from.
+    pub device_id: u32,
+    /// `QueueSel`.
+    pub queue_sel: u32,
+    /// `DeviceFeaturesSel`.
+    pub device_features_sel: u32,
+    /// `DriverFeaturesSel`.
+    pub driver_features_sel: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// The device status.
+    pub status: u32,
+    /// The interrupt causes not yet acknowledged.
+    pub interrupt_status: u32,
+    /// Each queue, in index order.
+    pub queues: Vec<QueueState>,
+}
+
+/// One queue's saved state: what the driver wrote, and where the device stands in the rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// `QueueNum`.
+    pub size: u32,
+    /// Descriptor table address.
+    pub desc: u64,
+    /// Available ring address.
+    pub avail: u64,
+    /// Used ring address.
+    pub used: u64,
+    /// `QueueReady`.
+    pub ready: bool,
+    /// The next available-ring entry the device reads.
+    pub next_avail: u16,
+    /// The next used-ring entry the device writes.
+    pub next_used: u16,
+    /// `VIRTIO_F_RING_EVENT_IDX` in effect.
+    pub event_idx: bool,
+}
+
+/// Why a transport state cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A state of another kind of device.
+    #[error("the state is of virtio device {saved}, this is device {ours}")]
+    Device {
+        /// The saved device ID.
+        saved: u32,
+        /// This transport's.
+        ours: u32,
+    },
+    /// Another number of queues.
+    #[error("the state has {saved} queues, the device {ours}")]
+    Queues {
+        /// Queues in the state.
+        saved: usize,
+        /// Queues of the device.
+        ours: usize,
+    },
+    /// Driver features the device does not offer.
+    #[error("the driver features {0:#x} include some the device does not offer")]
+    Features(u64),
+    /// A status value no driver can reach.
+    #[error("device status {0:#x} is not one a driver can set")]
+    Status(u32),
+    /// A ready queue that does not fit this device or guest RAM.
+    #[error("queue {index}: {reason}")]
+    Queue {
+        /// The queue.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// One queue and the addresses the driver wrote, applied when it sets `QueueReady`.
 #[derive(Debug)]
 struct QueueSlot {
@@ -137,6 +218,90 @@ impl QueueSlot {
             ));
         }
         Ok(())
+    }
+}
+
+impl<D: VirtioDevice> Persist for MmioTransport<D> {
+    type State = TransportState;
+    type Error = StateError;
+
+    fn save(&self) -> Result<TransportState, StateError> {
+        Ok(TransportState {
+            device_id: self.device.device_id(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueState {
+                    size: q.size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                    ready: q.queue.ready(),
+                    next_avail: q.queue.next_avail(),
+                    next_used: q.queue.next_used(),
+                    event_idx: q.queue.event_idx_enabled(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Checks the whole state against this device and guest RAM before any of it is taken:
+    /// the device ID, the queue count, the driver features (only offered ones), the status
+    /// bits, and every ready queue as `QueueReady` would (size, alignment, rings in RAM).
+    fn restore(mut self, state: &TransportState) -> Result<Self, StateError> {
+        let ours = self.device.device_id();
+        if state.device_id != ours {
+            return Err(StateError::Device {
+                saved: state.device_id,
+                ours,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(StateError::Queues {
+                saved: state.queues.len(),
+                ours: self.queues.len(),
+            });
+        }
+        let offered = self.device_features();
+        if state.driver_features & !offered != 0 {
+            return Err(StateError::Features(state.driver_features));
+        }
+        let known = status::ACKNOWLEDGE
+            | status::DRIVER
+            | status::FEATURES_OK
+            | status::DRIVER_OK
+            | status::DEVICE_NEEDS_RESET
+            | status::FAILED;
+        if state.status & !known != 0 {
+            return Err(StateError::Status(state.status));
+        }
+        for (index, (slot, saved)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            slot.reset();
+            slot.size = saved.size;
+            slot.desc = saved.desc;
+            slot.avail = saved.avail;
+            slot.used = saved.used;
+            if saved.ready {
+                slot.activate(&self.mem)
+                    .map_err(|reason| StateError::Queue { index, reason })?;
+            }
+            slot.queue.set_next_avail(saved.next_avail);
+            slot.queue.set_next_used(saved.next_used);
+            slot.queue.set_event_idx(saved.event_idx);
+        }
+        self.queue_sel = state.queue_sel;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.interrupt_status = state.interrupt_status;
+        Ok(self)
     }
 }
 
@@ -798,6 +963,96 @@ mod tests {
         assert_eq!(t.queues[1].queue.state().size, 8);
         assert_eq!(t.queues[1].size, 8);
         assert_eq!(t.queues[1].desc, 0);
+    }
+
+    #[test]
+    fn a_restored_transport_carries_on_where_the_saved_one_stood() {
+        use crate::persist::Persist;
+        use vm_memory::Bytes;
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1 << 32);
+        setup_queue(&mut t, 0, 8, 0x1000_0000);
+        wr(&mut t, reg::STATUS, OK);
+        t.mem
+            .write_obj(1u16.to_le(), GuestAddress(0x1000_1002))
+            .unwrap();
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        let state = t.save().unwrap();
+        assert!(state.queues[0].ready && !state.queues[1].ready);
+        assert_eq!(
+            (state.queues[0].next_avail, state.queues[0].next_used),
+            (1, 1)
+        );
+        assert_eq!(state.interrupt_status, interrupt::VRING);
+
+        // A fresh transport on the same guest RAM takes the state and goes on from entry 1.
+        let irq = Counter::default();
+        let fresh = MmioTransport::new(
+            Echo {
+                resets: 0,
+                fail: false,
+            },
+            t.mem.clone(),
+            Box::new(irq.clone()),
+        )
+        .unwrap();
+        let mut r = fresh.restore(&state).unwrap();
+        assert_eq!(r.save().unwrap(), state);
+        assert_eq!(rd(&mut r, reg::STATUS), OK);
+        assert_eq!(rd(&mut r, reg::INTERRUPT_STATUS), interrupt::VRING);
+        r.mem
+            .write_obj(2u16.to_le(), GuestAddress(0x1000_1002))
+            .unwrap();
+        wr(&mut r, reg::QUEUE_NOTIFY, 0);
+        let used_idx: u16 = r.mem.read_obj(GuestAddress(0x1000_2002)).unwrap();
+        assert_eq!(used_idx, 2, "only the one new chain was used");
+        assert_eq!(irq.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_transport_state_that_does_not_fit_is_refused() {
+        use crate::persist::Persist;
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1 << 32);
+        setup_queue(&mut t, 0, 8, 0x1000_0000);
+        let good = t.save().unwrap();
+        let refused = |change: &dyn Fn(&mut TransportState)| {
+            let mut s = good.clone();
+            change(&mut s);
+            let Err(e) = transport().0.restore(&s) else {
+                panic!("restored {s:?}");
+            };
+            e
+        };
+        assert_eq!(
+            refused(&|s| s.device_id = 7),
+            StateError::Device { saved: 7, ours: 42 }
+        );
+        assert_eq!(
+            refused(&|s| {
+                s.queues.pop();
+            }),
+            StateError::Queues { saved: 1, ours: 2 }
+        );
+        assert_eq!(
+            refused(&|s| s.driver_features |= 1 << 1),
+            StateError::Features((1 << 32) | 2)
+        );
+        assert_eq!(
+            refused(&|s| s.status |= 1 << 5),
+            StateError::Status(good.status | 32)
+        );
+        let e = refused(&|s| s.queues[0].desc = 0x2000_0000);
+        assert!(matches!(e, StateError::Queue { index: 0, .. }), "{e:?}");
+        let e = refused(&|s| {
+            s.queues[1] = QueueState {
+                size: 3,
+                ready: true,
+                ..s.queues[0]
+            }
+        });
+        assert!(matches!(e, StateError::Queue { index: 1, .. }), "{e:?}");
+        assert!(transport().0.restore(&good).is_ok());
     }
 
     #[test]
