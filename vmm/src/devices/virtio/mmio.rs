@@ -719,13 +719,18 @@ mod tests {
     }
 
     fn transport() -> (MmioTransport<Echo>, Counter) {
+        transport_on(mem())
+    }
+
+    /// A transport on `mem` (another transport's, to restore into).
+    fn transport_on(mem: GuestMemoryMmap) -> (MmioTransport<Echo>, Counter) {
         let irq = Counter::default();
         let t = MmioTransport::new(
             Echo {
                 resets: 0,
                 fail: false,
             },
-            mem(),
+            mem,
             Box::new(irq.clone()),
         )
         .unwrap();
@@ -986,16 +991,7 @@ mod tests {
         assert_eq!(state.interrupt_status, interrupt::VRING);
 
         // A fresh transport on the same guest RAM takes the state and goes on from entry 1.
-        let irq = Counter::default();
-        let fresh = MmioTransport::new(
-            Echo {
-                resets: 0,
-                fail: false,
-            },
-            t.mem.clone(),
-            Box::new(irq.clone()),
-        )
-        .unwrap();
+        let (fresh, irq) = transport_on(t.mem.clone());
         let mut r = fresh.restore(&state).unwrap();
         assert_eq!(r.save().unwrap(), state);
         assert_eq!(rd(&mut r, reg::STATUS), OK);
