@@ -199,6 +199,10 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
     let mut counts = Counts::default();
     let mut exit = None;
     let mut in_job = false;
+    // The scenario's own markers ("@@NAME ...", not the bulk "@@REC" records) with the time
+    // each arrived, so that a run that times out says where the time went.
+    let started = Instant::now();
+    let mut progress: Vec<(u64, String)> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -206,8 +210,10 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
             let _ = child.wait();
             let _ = fs::remove_dir_all(&dir);
             return Err(Fail::new(format!(
-                "the emulated arm64 machine did not finish within {} s (killed)",
-                job.timeout.as_secs()
+                "the emulated arm64 machine did not finish within {} s (killed); its last \
+                 markers, at seconds since start: {}",
+                job.timeout.as_secs(),
+                last_markers(&progress)
             )));
         }
         match rx.recv_timeout(left.min(Duration::from_millis(500))) {
@@ -227,6 +233,9 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
                     exit = rc.trim().parse::<i32>().ok();
                     in_job = false;
                     continue;
+                }
+                if line.starts_with("@@") && !line.starts_with("@@REC") {
+                    progress.push((started.elapsed().as_secs(), line.trim_end().to_string()));
                 }
                 if in_job {
                     counts.add_libtest_line(&line);
@@ -248,6 +257,18 @@ pub fn run(tb: Option<&Testbed>, job: &Job) -> Result<JobResult, Fail> {
         counts,
         output,
     })
+}
+
+/// The last few progress markers as "T: LINE; ...", each line cut short.
+fn last_markers(progress: &[(u64, String)]) -> String {
+    if progress.is_empty() {
+        return "none".to_string();
+    }
+    progress[progress.len().saturating_sub(8)..]
+        .iter()
+        .map(|(t, l)| format!("{t}: {}", l.chars().take(100).collect::<String>()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn run_native(job: &Job) -> Result<JobResult, Fail> {
@@ -291,4 +312,20 @@ fn run_native(job: &Job) -> Result<JobResult, Fail> {
         counts,
         output,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_markers;
+
+    #[test]
+    fn a_timeout_names_the_last_markers_and_when_they_came() {
+        assert_eq!(last_markers(&[]), "none");
+        let p: Vec<(u64, String)> = (0..10).map(|i| (i * 10, format!("@@STEP{i}"))).collect();
+        let s = last_markers(&p);
+        assert!(s.starts_with("20: @@STEP2; "), "{s}");
+        assert!(s.ends_with("90: @@STEP9"), "{s}");
+        let long = [(5, "@@X ".to_string() + &"y".repeat(300))];
+        assert_eq!(last_markers(&long).len(), "5: ".len() + 100);
+    }
 }

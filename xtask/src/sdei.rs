@@ -7,7 +7,14 @@ use std::time::Duration;
 
 const SDEI_GUEST_INIT: &str = r#"# Kernel messages stay off the console, where they could split the lines read back.
 dmesg -n 1
-dump() { sed "s/^/@@REC$1 /" /proc/sdei_test; }
+# A dump shows the records since the previous one (and a few before it: a record still being
+# written when that one was read is shown now), then the module's totals.
+last=0
+dump() {
+  cat /proc/sdei_test > /tmp/rec
+  awk -v p="$1" -v from=$((last - 32)) '$2 ~ /^event=/ { for (i = 3; i <= NF; i++) if ($i ~ /^seq=/ && substr($i, 5) + 0 < from) next } { print "@@REC" p " " $0 }' /tmp/rec
+  last=$(sed -n 's/^sdei_test: total records=\([0-9]*\).*/\1/p' /tmp/rec)
+}
 echo "@@GUEST-SDEI-PROBE $(dmesg | grep -m1 'sdei: SDEIv')"
 echo "@@GUEST-CPUS $(nproc)"
 insmod /bin/sdei_test.ko events=0x1000000,0x1000001,0x1000002,0x1000003
