@@ -215,6 +215,7 @@ mod tests {
             cmdline: String::new(),
             cpus: 1,
             memory,
+            memory_backing: Default::default(),
             mte: false,
             sdei: false,
             features: Default::default(),

@@ -18,6 +18,22 @@ pub const MAX_MEMORY: u64 = 256 << 30;
 /// Most vCPUs: what one GICv3 redistributor region in the memory map holds.
 pub const MAX_VCPUS: u8 = crate::layout::MAX_VCPUS;
 
+/// What backs guest RAM (`--memory-backing`); see [`crate::memory::choose`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum MemoryBacking {
+    /// The fastest backing on this host that gives every enabled feature what it needs: a
+    /// memfd where the host gives shmem huge pages (or a feature needs the memory shared),
+    /// else private anonymous memory where that gets huge pages.
+    #[default]
+    Auto,
+    /// A sealed memfd mapped shared (another process can map it).
+    Memfd,
+    /// Private anonymous memory (nothing else can map it).
+    Anonymous,
+    /// A sealed hugetlb memfd mapped shared: 2 MiB pages reserved from the host's pool.
+    Hugetlb,
+}
+
 /// How the seccomp filters are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
@@ -75,6 +91,11 @@ pub struct Cli {
     /// Guest RAM size: a number of bytes with an optional K, M or G suffix (powers of 1024).
     #[arg(long, value_name = "SIZE", default_value = "512M")]
     pub memory: String,
+
+    /// What backs guest RAM (also with --restore); refvmm says at start which backing and
+    /// page size guest RAM got, and why.
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = MemoryBacking::Auto)]
+    pub memory_backing: MemoryBacking,
 
     /// Enable the Memory Tagging Extension for the guest (fails if KVM cannot).
     #[arg(long)]
@@ -281,6 +302,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Guest RAM in bytes, a multiple of 2 MiB within MIN_MEMORY..=MAX_MEMORY.
     pub memory: u64,
+    /// What backs guest RAM, as asked for.
+    pub memory_backing: MemoryBacking,
     /// MTE requested.
     pub mte: bool,
     /// SDEI requested.
@@ -328,6 +351,8 @@ pub struct RestoreRequest {
     pub max_memory: u64,
     /// The most vCPUs the snapshot may ask for.
     pub max_cpus: u8,
+    /// What backs the restored guest's RAM.
+    pub memory_backing: MemoryBacking,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
     /// The API socket and who may use it.
@@ -363,6 +388,7 @@ impl RestoreRequest {
             cmdline: shape.cmdline.clone(),
             cpus: shape.cpus,
             memory: shape.memory,
+            memory_backing: self.memory_backing,
             mte: shape.mte,
             sdei: shape.sdei,
             features: CpuFeatures {
@@ -427,6 +453,7 @@ impl Launch {
                 dir,
                 max_memory,
                 max_cpus: cli.max_cpus.unwrap_or(MAX_VCPUS),
+                memory_backing: cli.memory_backing,
                 seccomp: cli.seccomp,
                 api_socket,
             }));
@@ -486,6 +513,7 @@ impl Launch {
             cmdline: cli.cmdline,
             cpus: cli.cpus,
             memory,
+            memory_backing: cli.memory_backing,
             mte: cli.mte,
             sdei: cli.sdei,
             features: CpuFeatures {
@@ -705,6 +733,26 @@ mod tests {
         assert_eq!(c.seccomp, SeccompMode::Log);
         assert_eq!(c.cmdline, "console=ttyS0");
         assert!(c.pmem.is_empty() && !c.its);
+        assert_eq!(c.memory_backing, MemoryBacking::Auto);
+    }
+
+    #[test]
+    fn the_memory_backing_is_chosen_on_the_command_line_for_a_boot_or_a_restore() {
+        let c = config(&["--kernel", KERNEL]).unwrap();
+        assert_eq!(c.memory_backing, MemoryBacking::Auto);
+        for (word, kind) in [
+            ("auto", MemoryBacking::Auto),
+            ("memfd", MemoryBacking::Memfd),
+            ("anonymous", MemoryBacking::Anonymous),
+            ("hugetlb", MemoryBacking::Hugetlb),
+        ] {
+            let c = config(&["--kernel", KERNEL, "--memory-backing", word]).unwrap();
+            assert_eq!(c.memory_backing, kind);
+            let r = restore_request(&["--restore", "/s", "--memory-backing", word]);
+            assert_eq!(r.config(&shape(1, 512 << 20)).unwrap().memory_backing, kind);
+        }
+        let e = cli(&["--kernel", KERNEL, "--memory-backing", "thp"]).unwrap_err();
+        assert!(e.to_string().contains("possible values"), "{e}");
     }
 
     #[test]

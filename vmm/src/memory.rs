@@ -1,17 +1,20 @@
-//! The VM and its memory: guest RAM on one memfd region mapped `MAP_SHARED` (mte-memory's
-//! `SharedGuestMemory`), MTE enabled on the VM before any vCPU exists when the guest has MTE,
+//! The VM and its memory: guest RAM in one region of mte-memory's `SharedGuestMemory` (a
+//! memfd mapped `MAP_SHARED`, a hugetlb memfd or private anonymous memory, as [`choose`]
+//! picks for `--memory-backing`), MTE enabled on the VM before any vCPU exists when the guest has MTE,
 //! and every memory slot (RAM and the pmem regions) registered through mte-memory's
 //! `MemorySlots` under the slot numbers of [`crate::layout`], with or without MTE.
 //!
 //! Its saved state: the MTE tags through [`Persist`] for [`Tags`] (`mte-tags.bin`), and guest
 //! RAM, too large for a value, streamed by [`save_ram`] and [`restore_ram`] (`memory.bin`).
 
+use crate::config::MemoryBacking;
 use crate::layout;
 use crate::persist::{Persist, Stored};
 use crate::snapshot;
 use kvm_ioctls::VmFd;
 use mte_memory::kvm::{self, KvmTagStore, MemorySlots, MteEnabled, SlotFlags};
-use mte_memory::{SharedGuestMemory, SharedMemoryConfig, TagSnapshot};
+use mte_memory::pages::{HostPolicy, PagePlan};
+use mte_memory::{RegionBacking, SharedGuestMemory, SharedMemoryConfig, TagSnapshot};
 use std::sync::Arc;
 use vm_memory::{GuestAddress, MmapRegion};
 
@@ -33,6 +36,9 @@ pub enum Error {
     /// More pmem devices than memory slots set aside for them.
     #[error("No memory slot for pmem device {0}")]
     NoPmemSlot(usize),
+    /// `--memory-backing hugetlb` with too few free huge pages.
+    #[error("Cannot back guest RAM with hugetlb pages: {0}")]
+    HugetlbPool(String),
 }
 
 impl Error {
@@ -40,7 +46,7 @@ impl Error {
     /// cannot give, or a backing that cannot hold an MTE guest's memory.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Create(_) | Error::Mte(_) => true,
+            Error::Create(_) | Error::Mte(_) | Error::HugetlbPool(_) => true,
             Error::Slot(e) => matches!(
                 e,
                 kvm::Error::Backing { .. } | kvm::Error::MemorySlot { mte: true, .. }
@@ -101,13 +107,100 @@ impl Vm {
     }
 }
 
-/// Creates guest RAM of `size` bytes at [`layout::RAM_BASE`] and a VM (with MTE enabled if
-/// `mte`) that maps it as memory slot [`layout::RAM_SLOT`].
-pub fn create(kvm: &kvm_ioctls::Kvm, size: u64, mte: bool) -> Result<(Vm, Arc<SharedGuestMemory>)> {
+/// The backing guest RAM gets, with the page size the host will give it and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The backing.
+    pub backing: RegionBacking,
+    /// Its page size on this host, and the host setting that decides it.
+    pub plan: PagePlan,
+    /// Why this backing: asked for, or how `auto` decided.
+    pub why: String,
+}
+
+impl Choice {
+    /// Refuses a choice that cannot be had (a hugetlb pool too small), before anything is
+    /// mapped.
+    pub fn check(&self) -> Result<()> {
+        if self.plan.will_fail {
+            return Err(Error::HugetlbPool(self.plan.reason.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}; {}", self.backing, self.plan, self.why)
+    }
+}
+
+/// Picks guest RAM's backing for `asked` on a host with `host`'s page settings, for `size`
+/// bytes; `shared_by` names a feature that needs the memory mappable by another process, if
+/// one does.
+///
+/// `auto` takes a memfd when something needs sharing or when the host gives shmem huge pages
+/// (it is then as fast as anonymous memory); otherwise anonymous memory if that gets huge
+/// pages (a stock Debian host: THP `always`, shmem `never`); otherwise a memfd (base pages
+/// either way, and the memory stays shareable).
+pub fn choose(
+    asked: MemoryBacking,
+    host: &HostPolicy,
+    size: u64,
+    shared_by: Option<&str>,
+) -> Choice {
+    let pick = |backing: RegionBacking, why: String| Choice {
+        backing,
+        plan: host.plan(backing, size),
+        why,
+    };
+    match asked {
+        MemoryBacking::Memfd => pick(RegionBacking::Memfd, "--memory-backing memfd".into()),
+        MemoryBacking::Anonymous => pick(
+            RegionBacking::Anonymous,
+            "--memory-backing anonymous".into(),
+        ),
+        MemoryBacking::Hugetlb => pick(
+            RegionBacking::HugetlbMemfd,
+            "--memory-backing hugetlb".into(),
+        ),
+        MemoryBacking::Auto => match shared_by {
+            Some(feature) => pick(
+                RegionBacking::Memfd,
+                format!("auto: {feature} needs guest RAM shared"),
+            ),
+            None if host.shmem_huge() => pick(
+                RegionBacking::Memfd,
+                "auto: a memfd gets huge pages on this host".into(),
+            ),
+            None if host.anonymous_huge() => pick(
+                RegionBacking::Anonymous,
+                format!(
+                    "auto: nothing needs guest RAM shared, and a memfd would get {}",
+                    host.plan(RegionBacking::Memfd, size)
+                ),
+            ),
+            None => pick(
+                RegionBacking::Memfd,
+                "auto: no backing gets huge pages on this host, so the shareable one".into(),
+            ),
+        },
+    }
+}
+
+/// Creates guest RAM of `size` bytes at [`layout::RAM_BASE`] on `backing` and a VM (with MTE
+/// enabled if `mte`) that maps it as memory slot [`layout::RAM_SLOT`].
+pub fn create(
+    kvm: &kvm_ioctls::Kvm,
+    size: u64,
+    mte: bool,
+    backing: &Choice,
+) -> Result<(Vm, Arc<SharedGuestMemory>)> {
+    backing.check()?;
     let mem = Arc::new(
         SharedGuestMemory::new(SharedMemoryConfig {
             regions: vec![(GuestAddress(layout::RAM_BASE), size)],
-            hugepages: false,
+            backing: backing.backing,
             mte_guest: mte,
             vmm_prot_mte: false,
         })
@@ -276,4 +369,98 @@ pub fn restore_ram(
         None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB512: u64 = 512 << 20;
+
+    fn host(thp: &str, shmem: &str) -> HostPolicy {
+        HostPolicy {
+            thp_enabled: Some(thp.into()),
+            shmem_enabled: Some(shmem.into()),
+            hugetlb_free: Some(0),
+            ..HostPolicy::default()
+        }
+    }
+
+    /// A stock Debian kernel's settings (the test bed's).
+    fn debian() -> HostPolicy {
+        host(
+            "[always] madvise never",
+            "always within_size advise [never] deny force",
+        )
+    }
+
+    #[test]
+    fn auto_takes_huge_anonymous_memory_on_a_stock_debian_host_and_says_why() {
+        let c = choose(MemoryBacking::Auto, &debian(), MIB512, None);
+        assert_eq!(c.backing, RegionBacking::Anonymous);
+        assert_eq!(c.plan.page_size, 2 << 20);
+        let said = c.to_string();
+        assert!(
+            said.starts_with("private anonymous memory on 2 MiB pages"),
+            "{said}"
+        );
+        assert!(said.contains("enabled is always"), "{said}");
+        assert!(said.contains("a memfd would get 4 KiB pages"), "{said}");
+        assert!(said.contains("shmem_enabled is never"), "{said}");
+    }
+
+    #[test]
+    fn auto_takes_a_memfd_when_it_gets_huge_pages_or_something_needs_sharing() {
+        let advise = host(
+            "[always] madvise never",
+            "always within_size [advise] never",
+        );
+        let c = choose(MemoryBacking::Auto, &advise, MIB512, None);
+        assert_eq!(
+            (c.backing, c.plan.page_size),
+            (RegionBacking::Memfd, 2 << 20)
+        );
+        let c = choose(MemoryBacking::Auto, &debian(), MIB512, Some("vhost-user"));
+        assert_eq!((c.backing, c.plan.page_size), (RegionBacking::Memfd, 4096));
+        assert!(c.why.contains("vhost-user needs guest RAM shared"), "{c}");
+        let none = host("always madvise [never]", "[never]");
+        let c = choose(MemoryBacking::Auto, &none, MIB512, None);
+        assert_eq!((c.backing, c.plan.page_size), (RegionBacking::Memfd, 4096));
+    }
+
+    #[test]
+    fn an_explicit_backing_is_taken_as_asked_with_its_page_size() {
+        let h = debian();
+        for (asked, backing, page) in [
+            (MemoryBacking::Memfd, RegionBacking::Memfd, 4096),
+            (MemoryBacking::Anonymous, RegionBacking::Anonymous, 2 << 20),
+            (MemoryBacking::Hugetlb, RegionBacking::HugetlbMemfd, 2 << 20),
+        ] {
+            let c = choose(asked, &h, MIB512, None);
+            assert_eq!((c.backing, c.plan.page_size), (backing, page), "{c}");
+            assert!(c.why.starts_with("--memory-backing "), "{c}");
+        }
+        assert!(
+            choose(MemoryBacking::Hugetlb, &h, MIB512, None)
+                .plan
+                .will_fail
+        );
+    }
+
+    #[test]
+    fn an_empty_hugetlb_pool_is_refused_before_anything_is_mapped() {
+        let e = choose(MemoryBacking::Hugetlb, &debian(), MIB512, None)
+            .check()
+            .unwrap_err();
+        assert!(matches!(e, Error::HugetlbPool(_)), "{e:?}");
+        assert!(e.is_user_error());
+        let said = e.to_string();
+        assert!(
+            said.contains("0 free in the 2 MiB hugetlb pool, 256 needed"),
+            "{said}"
+        );
+        assert!(choose(MemoryBacking::Anonymous, &debian(), MIB512, None)
+            .check()
+            .is_ok());
+    }
 }

@@ -197,7 +197,15 @@ impl Parts {
     fn build(cfg: &VmConfig) -> Result<(Self, EventFd)> {
         let kvm = Kvm::new().map_err(Error::Kvm)?;
         check_features(&kvm, cfg)?;
-        let (mut vm, mem) = memory::create(&kvm, cfg.memory, cfg.mte)?;
+        let backing = memory::choose(
+            cfg.memory_backing,
+            &mte_memory::pages::HostPolicy::read(),
+            cfg.memory,
+            None,
+        );
+        // Said whatever the log level: the page size decides much of the guest's speed.
+        eprintln!("refvmm: guest RAM: {} MiB of {backing}", cfg.memory >> 20);
+        let (mut vm, mem) = memory::create(&kvm, cfg.memory, cfg.mte, &backing)?;
         log::info!(
             "guest memory ready ({} MiB, MTE {})",
             cfg.memory >> 20,

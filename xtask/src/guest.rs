@@ -123,6 +123,7 @@ poweroff -f
 /// status.
 const BOOT_L1_SCRIPT: &str = r#"
 echo "@@L1-UPTIME-AT-JOB $(cut -d' ' -f1 /proc/uptime)"
+echo "@@L1-THP enabled: $(cat /sys/kernel/mm/transparent_hugepage/enabled); shmem_enabled: $(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled)"
 echo "@@T-START $(cut -d' ' -f1 /proc/uptime)"
 ( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --mte --seccomp enforce \
     --cmdline "console=ttyS0 rdinit=/init quiet" ; echo "@@REFVMM-EXIT $?" ) 2>&1 |
@@ -132,7 +133,9 @@ while IFS= read -r line; do
       echo "@@T-INIT $(cut -d' ' -f1 /proc/uptime)"
       pid=$(pidof refvmm)
       grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' /proc/$pid/status | tr -s ' \t' ' ' | sed 's/^/@@MEM /'
-      echo "@@MEM GuestRss: $(awk '/memfd:guest-mem/ {m=1; next} /^[0-9a-f]+-[0-9a-f]+ / {m=0} m && /^Rss:/ {s+=$2} END {print s+0}' /proc/$pid/smaps) kB"
+      guest_smaps() { awk -v f="$1" '/guest-mem-/ {m=1; next} /^[0-9a-f]+-[0-9a-f]+ / {m=0} m && $1 == f {s+=$2} END {print s+0}' /proc/$pid/smaps; }
+      echo "@@MEM GuestRss: $(guest_smaps Rss:) kB"
+      echo "@@MEM GuestHuge: $(($(guest_smaps AnonHugePages:) + $(guest_smaps ShmemPmdMapped:))) kB"
       report_threads $pid
       ;;
   esac
@@ -221,6 +224,22 @@ pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
         (marker(out, "@@GUEST-MTE-CHECK") != Some("0") || !out.contains("MTE-CHECK PASS"))
             .then(|| "the guest's MTE check failed".to_string()),
     ));
+    // The test bed runs Debian's stock kernel settings (THP enabled=always,
+    // shmem_enabled=never): the default backing must be anonymous memory on huge pages.
+    let said = marker(out, "refvmm: guest RAM:").unwrap_or_default();
+    let huge = mem_kib(out, "GuestHuge");
+    checks.push(check(
+        "boot: by default guest RAM is on 2 MiB pages on a stock host, and refvmm says which backing and why",
+        (!(said.starts_with("512 MiB of private anonymous memory on 2 MiB pages")
+            && said.contains("a memfd would get 4 KiB pages")
+            && huge.is_some_and(|k| k >= 2048)))
+        .then(|| {
+            format!(
+                "refvmm said {said:?}; huge-page-mapped guest RAM {huge:?} KiB; host {:?}",
+                marker(out, "@@L1-THP")
+            )
+        }),
+    ));
     checks.push(check(
         "boot: every refvmm thread runs under a seccomp filter (Seccomp: 2)",
         threads_filtered(out, &["refvmm", "vcpu0", "vcpu1"]),
@@ -246,7 +265,8 @@ pub fn boot(tb: &Testbed) -> Result<Vec<Check>, Fail> {
     }
     if let (Some(rss), Some(guest)) = (mem_kib(out, "VmRSS"), mem_kib(out, "GuestRss")) {
         println!(
-            "xtask: refvmm RSS {rss} KiB, of which guest RAM (the memfd mapping) {guest} KiB; refvmm's own memory {} KiB (anon {:?} KiB, shmem incl. guest RAM and the binary on the initramfs {:?} KiB)",
+            "xtask: refvmm RSS {rss} KiB, of which guest RAM {guest} KiB ({:?} KiB on huge pages); refvmm's own memory {} KiB (anon {:?} KiB, shmem incl. the binary on the initramfs {:?} KiB)",
+            huge,
             rss.saturating_sub(guest),
             mem_kib(out, "RssAnon"),
             mem_kib(out, "RssShmem")

@@ -86,7 +86,7 @@ boot ro poweroff --pmem file=/work/pm-ro.img,readonly=on
 echo "@@RO-AFTER $(md5sum < /work/pm-ro.img)"
 mkdir -p /mnt/ramfs && mount -t ramfs ramfs /mnt/ramfs
 dd if=/dev/zero of=/mnt/ramfs/pm.img bs=1M count=0 seek=16 2>/dev/null
-try() { key=$1; shift; r=$("$@" 2>&1); echo "$key $r status $?"; }
+try() { key=$1; shift; r=$("$@" 2>&1); st=$?; r=$(echo "$r" | grep -v "^refvmm: guest RAM: "); echo "$key $r status $st"; }
 try @@MTE-RAMFS ./refvmm --kernel Image --mte --pmem file=/mnt/ramfs/pm.img
 try @@BAD-MISSING ./refvmm --kernel Image --pmem file=/work/none.img
 try @@BAD-UNALIGNED ./refvmm --kernel Image --pmem memfd,size=3M

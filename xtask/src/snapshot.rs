@@ -24,7 +24,7 @@ mkfifo /tmp/in
 exec 3<>/tmp/in
 SOCK=/tmp/a.sock
 ( ./refvmm --kernel Image --initrd guest.cpio --cpus 2 --memory 512M --mte --sdei --seccomp enforce \
-    --api-socket /tmp/a.sock --cmdline "console=ttyS0 rdinit=/init quiet" < /tmp/in ; echo "@@A-EXIT $?" ) 2>&1 |
+    --memory-backing @A_BACKING@ --api-socket /tmp/a.sock --cmdline "console=ttyS0 rdinit=/init quiet" < /tmp/in ; echo "@@A-EXIT $?" ) 2>&1 |
 while IFS= read -r line; do
   echo "$line"
   case "$line" in
@@ -53,7 +53,7 @@ done
 # replaced by a damaged copy.
 damaged() { mkdir "$1"; for f in /tmp/snap/*; do ln "$f" "$1/$(basename $f)"; done; rm "$1/$2"; cp "/tmp/snap/$2" "$1/$2"; }
 damaged /tmp/bad1 manifest.bin && printf 'X' | dd of=/tmp/bad1/manifest.bin bs=1 seek=0 conv=notrunc 2>/dev/null
-try() { key=$1; shift; r=$("$@" 2>&1); echo "$key $r status $?"; }
+try() { key=$1; shift; r=$("$@" 2>&1); st=$?; r=$(echo "$r" | grep -v "^refvmm: guest RAM: "); echo "$key $r status $st"; }
 try @@BAD-MAGIC ./refvmm --restore /tmp/bad1
 damaged /tmp/bad2 vcpus.bin && printf 'Z' | dd of=/tmp/bad2/vcpus.bin bs=1 seek=100 conv=notrunc 2>/dev/null
 try @@BAD-CRC ./refvmm --restore /tmp/bad2 --seccomp off
@@ -101,7 +101,12 @@ pub enum Moment {
 /// Issue 11's scenario: snapshot with MTE tags and SDEI state, restore in a new refvmm.
 pub fn snapshot(tb: &Testbed, moment: Moment) -> Result<Vec<Check>, Fail> {
     let in_handler = moment == Moment::InHandler;
-    let script = SNAP_L1_SCRIPT.replace("@SPIN_MS@", if in_handler { "6000" } else { "0" });
+    // After the handler: A's RAM on a memfd (MTE on shared memory), restored into B's default
+    // backing (anonymous memory on the test bed); in the handler: the default both times.
+    let a_backing = if in_handler { "auto" } else { "memfd" };
+    let script = SNAP_L1_SCRIPT
+        .replace("@SPIN_MS@", if in_handler { "6000" } else { "0" })
+        .replace("@A_BACKING@", a_backing);
     let module = crate::kmod::build_sdei_module(tb)?;
     let mte_loop = cross::vmm_example("mte_loop")?;
     let out = run_guest(
@@ -121,6 +126,24 @@ pub fn snapshot(tb: &Testbed, moment: Moment) -> Result<Vec<Check>, Fail> {
     )?;
     let m = |name| marker(&out, name).unwrap_or_default().to_string();
     let mut checks = Vec::new();
+    let said: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("refvmm: guest RAM: "))
+        .collect();
+    let a_want = if in_handler {
+        "512 MiB of private anonymous memory"
+    } else {
+        "512 MiB of a memfd mapped shared"
+    };
+    checks.push(check(
+        &format!(
+            "snapshot: A runs with --memory-backing {a_backing}, B restores onto the default backing"
+        ),
+        (!(said.len() == 2
+            && said[0].starts_with(a_want)
+            && said[1].starts_with("512 MiB of private anonymous memory")))
+        .then(|| format!("refvmm said {said:?}")),
+    ));
     let bad = m("@@BADSNAP");
     checks.push(check(
         "snapshot: a failed snapshot is refused and leaves the VM running",

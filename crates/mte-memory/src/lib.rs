@@ -5,8 +5,10 @@
 //! - [`software`]: [`SoftwareTagStore`], tags held in host memory packed 4 bits per granule.
 //! - [`snapshot`]: [`TagSnapshot`], a compact, checksummed, versioned save of guest tags with
 //!   full and incremental (dirty-page) saves.
-//! - [`memory`]: [`SharedGuestMemory`], guest memory on sealed memfds mapped `MAP_SHARED`,
-//!   which KVM accepts for an MTE guest, and the backing rules ([`memory::check_backing`]).
+//! - [`memory`]: [`SharedGuestMemory`], guest memory on sealed memfds mapped `MAP_SHARED`
+//!   (or private anonymous memory, [`RegionBacking`]), which KVM accepts for an MTE guest,
+//!   and the backing rules ([`memory::check_backing`]).
+//! - [`pages`]: which page size each backing gets from the host's THP and hugetlb settings.
 //! - [`memfd`]: memfd creation and sealing (`create`, `create_sized`, `add_seals`, `seals`).
 //! - `kvm` (aarch64, feature `kvm`), borrowing the caller's `VmFd` throughout: `enable`
 //!   (MTE before any vCPU exists, returning the `MteEnabled` proof), `MemorySlots` (memory
@@ -37,12 +39,13 @@
 pub mod kvm;
 pub mod memfd;
 pub mod memory;
+pub mod pages;
 pub mod snapshot;
 pub mod software;
 mod sys;
 pub mod tags;
 
-pub use memory::{BackingKind, SharedGuestMemory, SharedMemoryConfig};
+pub use memory::{BackingKind, RegionBacking, SharedGuestMemory, SharedMemoryConfig};
 pub use snapshot::{PageBitmap, SnapshotKind, TagSnapshot};
 pub use software::SoftwareTagStore;
 pub use tags::{NoTags, TagStore, GRANULE_SIZE, TAGS_PER_PAGE, TAG_PAGE_SIZE};

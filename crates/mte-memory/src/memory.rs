@@ -1,10 +1,14 @@
-//! Guest memory on sealed memfds mapped `MAP_SHARED`, and the rules for backing an MTE guest.
+//! Guest memory on sealed memfds mapped `MAP_SHARED` (or, where nothing needs to share it,
+//! private anonymous memory), and the rules for backing an MTE guest.
 //!
-//! Each region is its own memfd ([`crate::memfd::create_sized`]), sized once and sealed
-//! against shrinking and growing (and against further seal changes), so another process that receives the fd can map it without
-//! the risk of `SIGBUS` from a truncation. The VMM maps it `MAP_SHARED`; KVM accepts such a
-//! mapping for an MTE guest because shmem mappings are `VM_MTE_ALLOWED`, unlike regular files
-//! or ramfs.
+//! With a memfd backing ([`RegionBacking::Memfd`], [`RegionBacking::HugetlbMemfd`]) each
+//! region is its own memfd ([`crate::memfd::create_sized`]), sized once and sealed against
+//! shrinking and growing (and against further seal changes), so another process that receives
+//! the fd can map it without the risk of `SIGBUS` from a truncation. The VMM maps it
+//! `MAP_SHARED`; KVM accepts such a mapping for an MTE guest because shmem mappings are
+//! `VM_MTE_ALLOWED`, unlike regular files or ramfs. [`RegionBacking::Anonymous`] regions have
+//! no fd: the fastest choice on hosts whose shmem gets no huge pages (see [`crate::pages`]).
+//! Every region is asked for transparent huge pages (`MADV_HUGEPAGE`).
 
 use std::fmt;
 use std::fs::File;
@@ -87,6 +91,56 @@ pub fn check_backing(kind: BackingKind, mte_guest: bool) -> Result<()> {
     }
 }
 
+/// What backs each region of a [`SharedGuestMemory`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RegionBacking {
+    /// A sealed memfd mapped `MAP_SHARED`: shareable with another process by its fd (device
+    /// back-ends, a local migration target). Transparent huge pages where the host's
+    /// `shmem_enabled` allows them.
+    #[default]
+    Memfd,
+    /// A sealed `MFD_HUGETLB` memfd mapped `MAP_SHARED`: 2 MiB pages from the host's hugetlb
+    /// pool, reserved when the memory is created (creation fails if the pool is too small).
+    HugetlbMemfd,
+    /// Private anonymous memory: no fd, nothing else can map it. Transparent huge pages where
+    /// the host's THP `enabled` setting allows them (`always` on stock kernels).
+    Anonymous,
+}
+
+impl RegionBacking {
+    /// Whether the regions have an fd another process can map.
+    pub fn is_shareable(self) -> bool {
+        !matches!(self, Self::Anonymous)
+    }
+
+    /// The classification MTE's rules apply to.
+    pub fn kind(self) -> BackingKind {
+        match self {
+            Self::Memfd => BackingKind::Shmem,
+            Self::HugetlbMemfd => BackingKind::Hugetlb,
+            Self::Anonymous => BackingKind::Anonymous,
+        }
+    }
+
+    /// The page size regions must be aligned to.
+    pub fn alignment(self) -> u64 {
+        match self {
+            Self::HugetlbMemfd => HUGE_PAGE_SIZE,
+            Self::Memfd | Self::Anonymous => sys::page_size(),
+        }
+    }
+}
+
+impl fmt::Display for RegionBacking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Memfd => "a memfd mapped shared",
+            Self::HugetlbMemfd => "a hugetlb memfd mapped shared",
+            Self::Anonymous => "private anonymous memory",
+        })
+    }
+}
+
 /// Errors creating shared guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -148,10 +202,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SharedMemoryConfig {
     /// `(guest base, size)` of each region; sizes page aligned (huge-page aligned with
-    /// `hugepages`), regions not overlapping.
+    /// [`RegionBacking::HugetlbMemfd`]), regions not overlapping.
     pub regions: Vec<(GuestAddress, u64)>,
-    /// Back regions with 2 MiB huge pages (`MFD_HUGETLB`).
-    pub hugepages: bool,
+    /// What backs the regions.
+    pub backing: RegionBacking,
     /// The memory will back an MTE guest: check at creation that the kernel allows
     /// `PROT_MTE` on it (fails early, with the rule, instead of at `KVM_SET_USER_MEMORY_REGION`).
     pub mte_guest: bool,
@@ -169,11 +223,7 @@ impl SharedMemoryConfig {
         if self.vmm_prot_mte && !self.mte_guest {
             return Err(Error::Config("vmm_prot_mte requires mte_guest"));
         }
-        let align = if self.hugepages {
-            HUGE_PAGE_SIZE
-        } else {
-            sys::page_size()
-        };
+        let align = self.backing.alignment();
         let mut sorted = self.regions.clone();
         sorted.sort_unstable();
         let mut prev_end = 0u64;
@@ -199,50 +249,48 @@ impl SharedMemoryConfig {
     }
 }
 
-/// Guest memory whose regions are sealed memfds mapped `MAP_SHARED`.
+/// Guest memory whose regions are sealed memfds mapped `MAP_SHARED`, or private anonymous
+/// memory (see [`RegionBacking`]).
 #[derive(Debug)]
 pub struct SharedGuestMemory {
     memory: GuestMemoryMmap,
-    files: Vec<(GuestAddress, u64, Arc<File>)>,
+    /// Each region's base, size and memfd (`None` for anonymous memory).
+    files: Vec<(GuestAddress, u64, Option<Arc<File>>)>,
     config: SharedMemoryConfig,
 }
 
 impl SharedGuestMemory {
-    /// Creates, sizes, seals and maps one memfd per region.
+    /// Creates and maps each region (for a memfd backing: creates, sizes and seals one memfd
+    /// per region), asking for transparent huge pages.
     pub fn new(config: SharedMemoryConfig) -> Result<Self> {
         config.validate()?;
         if config.mte_guest && !cfg!(target_arch = "aarch64") {
             return Err(Error::MteUnsupportedArch);
         }
+        let backing = config.backing;
+        check_backing(backing.kind(), config.mte_guest)?;
         let mut regions = Vec::with_capacity(config.regions.len());
         let mut files = Vec::with_capacity(config.regions.len());
         for &(base, size) in &config.regions {
-            let file = Arc::new(create_region_file(base, size, config.hugepages)?);
-            let backing = if config.hugepages {
-                BackingKind::Hugetlb
-            } else {
-                BackingKind::Shmem
+            let file = match backing {
+                RegionBacking::Anonymous => None,
+                RegionBacking::Memfd | RegionBacking::HugetlbMemfd => Some(Arc::new(
+                    create_region_file(base, size, backing == RegionBacking::HugetlbMemfd)?,
+                )),
             };
-            check_backing(backing, config.mte_guest)?;
             if config.mte_guest && !config.vmm_prot_mte {
                 // Fail early, naming the rule, where the kernel will not allow MTE.
-                drop(map_file(
-                    &file,
-                    base,
-                    size,
-                    true,
-                    config.hugepages,
-                    backing,
-                )?);
+                drop(map_region(file.as_ref(), base, size, true, backing)?);
             }
-            let mapping = map_file(
-                &file,
-                base,
-                size,
-                config.vmm_prot_mte,
-                config.hugepages,
-                backing,
-            )?;
+            let mapping = map_region(file.as_ref(), base, size, config.vmm_prot_mte, backing)?;
+            // Only a hint: THP off (or no THP in the kernel) leaves base pages.
+            let _ = sys::madvise_hugepage(mapping.as_ptr(), mapping.size());
+            if backing == RegionBacking::Anonymous {
+                // Names the mapping `[anon:guest-mem-<base>]` in /proc/<pid>/maps, as a memfd
+                // region is `memfd:guest-mem-<base>`; kernels without anonymous VMA names
+                // refuse, which changes nothing else.
+                let _ = sys::name_anonymous(mapping.as_ptr(), mapping.size(), &region_name(base));
+            }
             let region = GuestRegionMmap::new(mapping, base)
                 .ok_or(Error::Config("region wraps the guest address space"))?;
             regions.push(region);
@@ -271,9 +319,10 @@ impl SharedGuestMemory {
         self.files.iter().map(|(b, s, _)| (*b, *s)).collect()
     }
 
-    /// The memfd of region `index` (configuration order), to hand to another process.
+    /// The memfd of region `index` (configuration order), to hand to another process; `None`
+    /// for anonymous memory.
     pub fn region_fd(&self, index: usize) -> Option<&Arc<File>> {
-        self.files.get(index).map(|(_, _, f)| f)
+        self.files.get(index).and_then(|(_, _, f)| f.as_ref())
     }
 
     /// Maps region `index` a second time, as another process receiving its fd would; with
@@ -283,33 +332,36 @@ impl SharedGuestMemory {
             .files
             .get(index)
             .ok_or(Error::Config("no region with that index"))?;
-        let backing = if self.config.hugepages {
-            BackingKind::Hugetlb
-        } else {
-            BackingKind::Shmem
-        };
-        map_file(file, *base, *size, prot_mte, self.config.hugepages, backing)
+        let file = file
+            .as_ref()
+            .ok_or(Error::Config("anonymous memory cannot be mapped again"))?;
+        map_region(Some(file), *base, *size, prot_mte, self.config.backing)
     }
+}
+
+/// The name of the region at `base` (`guest-mem-0x80000000`).
+fn region_name(base: GuestAddress) -> String {
+    format!("guest-mem-{:#x}", base.0)
 }
 
 /// One memfd per region, sized and sealed with [`memfd::FIXED_SIZE`].
 fn create_region_file(base: GuestAddress, size: u64, hugepages: bool) -> Result<File> {
-    memfd::create_sized(&format!("guest-mem-{:#x}", base.0), size, hugepages).map_err(|source| {
-        Error::Memfd {
-            base: base.0,
-            source,
-        }
+    memfd::create_sized(&region_name(base), size, hugepages).map_err(|source| Error::Memfd {
+        base: base.0,
+        source,
     })
 }
 
-fn map_file(
-    file: &Arc<File>,
+/// Maps `file` shared (or, without one, private anonymous memory) for the region at `base`.
+fn map_region(
+    file: Option<&Arc<File>>,
     base: GuestAddress,
     size: u64,
     prot_mte: bool,
-    hugepages: bool,
-    backing: BackingKind,
+    region_backing: RegionBacking,
 ) -> Result<MmapRegion> {
+    let backing = region_backing.kind();
+    let hugetlb = region_backing == RegionBacking::HugetlbMemfd;
     let mut prot = libc::PROT_READ | libc::PROT_WRITE;
     if prot_mte {
         prot |= PROT_MTE;
@@ -317,27 +369,31 @@ fn map_file(
     // `validate` checked that size fits usize.
     let len =
         usize::try_from(size).map_err(|_| Error::Config("region larger than the address space"))?;
-    vm_memory::mmap::MmapRegionBuilder::new(len)
-        .with_file_offset(FileOffset::from_arc(Arc::clone(file), 0))
-        .with_mmap_prot(prot)
-        .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-        .with_hugetlbfs(hugepages)
-        .build()
-        .map_err(|source| {
-            if prot_mte {
-                Error::MteMappingRefused {
-                    base: base.0,
-                    backing,
-                    rule: MTE_BACKING_RULE,
-                    source,
-                }
-            } else {
-                Error::Mmap {
-                    base: base.0,
-                    source,
-                }
+    // hugetlb pages are reserved at mmap (no MAP_NORESERVE): a pool too small fails here
+    // with ENOMEM instead of with SIGBUS when the guest first touches the page.
+    let noreserve = if hugetlb { 0 } else { libc::MAP_NORESERVE };
+    let builder = vm_memory::mmap::MmapRegionBuilder::new(len).with_mmap_prot(prot);
+    let builder = match file {
+        Some(file) => builder
+            .with_file_offset(FileOffset::from_arc(Arc::clone(file), 0))
+            .with_mmap_flags(libc::MAP_SHARED | noreserve),
+        None => builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve),
+    };
+    builder.with_hugetlbfs(hugetlb).build().map_err(|source| {
+        if prot_mte {
+            Error::MteMappingRefused {
+                base: base.0,
+                backing,
+                rule: MTE_BACKING_RULE,
+                source,
             }
-        })
+        } else {
+            Error::Mmap {
+                base: base.0,
+                source,
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -442,6 +498,96 @@ mod tests {
         assert!(check_backing(BackingKind::Anonymous, true).is_ok());
     }
 
+    /// The kB of `field` in the smaps entry of the mapping that starts at `addr` (every entry
+    /// lists every field, so the first one after the entry's header line is its own).
+    fn smaps_field(addr: usize, field: &str) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let entry = smaps.split_once(&format!("\n{addr:x}-")).map(|(_, e)| e)?;
+        entry.lines().find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    #[test]
+    fn anonymous_memory_has_no_fd_and_gets_huge_pages_where_the_host_allows() {
+        let size = 16 << 20;
+        let mut cfg = config(&[(0x8000_0000, size)]);
+        cfg.backing = RegionBacking::Anonymous;
+        let mem = SharedGuestMemory::new(cfg).unwrap();
+        assert!(mem.region_fd(0).is_none());
+        assert!(!RegionBacking::Anonymous.is_shareable());
+        assert!(mem.map_region_again(0, false).is_err());
+        // Touch every page.
+        let page = vec![0x5a_u8; 4096];
+        for off in (0..size).step_by(4096) {
+            mem.memory()
+                .write_slice(&page, GuestAddress(0x8000_0000 + off))
+                .unwrap();
+        }
+        let v: u8 = mem
+            .memory()
+            .read_obj(GuestAddress(0x8000_0000 + size - 1))
+            .unwrap();
+        assert_eq!(v, 0x5a);
+        let host = mem
+            .memory()
+            .get_host_address(GuestAddress(0x8000_0000))
+            .unwrap() as usize;
+        let huge = smaps_field(host, "AnonHugePages:").expect("the mapping is in smaps");
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&format!("{host:x}-")))
+            .unwrap();
+        if crate::pages::HostPolicy::read().anonymous_huge() {
+            assert!(huge >= 2048, "{huge} kB on huge pages; {line}");
+        } else {
+            assert_eq!(huge, 0, "{line}");
+        }
+        // Kernels with anonymous VMA names show the region's name.
+        assert!(
+            line.ends_with("[anon:guest-mem-0x80000000]") || !line.contains("[anon:"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn memfd_regions_are_named_and_follow_the_shmem_setting() {
+        let size = 8 << 20;
+        let mem = SharedGuestMemory::new(config(&[(0x4000_0000, size)])).unwrap();
+        mem.memory()
+            .write_slice(&vec![1u8; size as usize], GuestAddress(0x4000_0000))
+            .unwrap();
+        let host = mem
+            .memory()
+            .get_host_address(GuestAddress(0x4000_0000))
+            .unwrap() as usize;
+        let pmd = smaps_field(host, "ShmemPmdMapped:").unwrap_or(0);
+        if !crate::pages::HostPolicy::read().shmem_huge() {
+            assert_eq!(pmd, 0);
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(maps
+            .lines()
+            .any(|l| l.starts_with(&format!("{host:x}-"))
+                && l.contains("/memfd:guest-mem-0x40000000")));
+    }
+
+    #[test]
+    fn a_hugetlb_pool_too_small_fails_at_creation_not_at_first_touch() {
+        let free = crate::pages::HostPolicy::read().hugetlb_free.unwrap_or(0);
+        let size = (free + 1) * HUGE_PAGE_SIZE;
+        let mut cfg = config(&[(0, size)]);
+        cfg.backing = RegionBacking::HugetlbMemfd;
+        let e = SharedGuestMemory::new(cfg).unwrap_err();
+        assert!(matches!(e, Error::Mmap { .. } | Error::Memfd { .. }), "{e}");
+    }
+
     #[test]
     fn overlapping_regions_are_refused() {
         let result = config(&[(0, 0x4000), (0x2000, 0x4000)]).validate();
@@ -460,7 +606,7 @@ mod tests {
     #[test]
     fn hugepage_regions_must_be_huge_page_aligned() {
         let mut cfg = config(&[(0, 0x10_0000)]);
-        cfg.hugepages = true;
+        cfg.backing = RegionBacking::HugetlbMemfd;
 
         assert!(matches!(cfg.validate(), Err(Error::Config(_))));
     }

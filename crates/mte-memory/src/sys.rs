@@ -58,6 +58,41 @@ pub fn fs_magic(file: &File) -> io::Result<u64> {
     Ok(st.f_type as u64 & 0xffff_ffff)
 }
 
+/// Asks for transparent huge pages on `len` bytes mapped at `addr` (`MADV_HUGEPAGE`).
+pub fn madvise_hugepage(addr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: the callers pass a mapping of `len` bytes they own; MADV_HUGEPAGE only sets a
+    // flag on the mapping and never changes its contents or validity.
+    let ret = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `PR_SET_VMA` and `PR_SET_VMA_ANON_NAME` from `linux/prctl.h`.
+const PR_SET_VMA: libc::c_int = 0x53_56_4d_41;
+const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
+
+/// Names the anonymous mapping of `len` bytes at `addr` (shown as `[anon:<name>]`).
+pub fn name_anonymous(addr: *mut u8, len: usize, name: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: PR_SET_VMA_ANON_NAME reads the NUL-terminated `name` (copied by the kernel, and
+    // alive for the call) and only labels the caller's own mapping at `addr`.
+    let ret = unsafe {
+        libc::prctl(
+            PR_SET_VMA,
+            PR_SET_VMA_ANON_NAME,
+            addr as libc::c_ulong,
+            len as libc::c_ulong,
+            name.as_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Host page size in bytes.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.

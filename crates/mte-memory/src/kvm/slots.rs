@@ -119,11 +119,7 @@ impl MemorySlots {
                 .ok_or(Error::Memory(crate::memory::Error::Config(
                     "region has no host mapping",
                 )))?;
-            let backing = if memory.config().hugepages {
-                BackingKind::Hugetlb
-            } else {
-                BackingKind::Shmem
-            };
+            let backing = memory.config().backing.kind();
             self.add(
                 vm,
                 Slot {
