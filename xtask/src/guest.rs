@@ -133,7 +133,12 @@ while IFS= read -r line; do
       echo "@@T-INIT $(cut -d' ' -f1 /proc/uptime)"
       pid=$(pidof refvmm)
       grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' /proc/$pid/status | tr -s ' \t' ' ' | sed 's/^/@@MEM /'
-      guest_smaps() { awk -v f="$1" '/guest-mem-/ {m=1; next} /^[0-9a-f]+-[0-9a-f]+ / {m=0} m && $1 == f {s+=$2} END {print s+0}' /proc/$pid/smaps; }
+      # Guest RAM is the one 512 MiB mapping (anonymous mappings have no name on Debian's
+      # kernel, which lacks CONFIG_ANON_VMA_NAME).
+      va=$(while read -r range rest; do s=${range%-*}; e=${range#*-}
+        [ $((0x$e - 0x$s)) = 536870912 ] && { echo $s; break; }; done < /proc/$pid/maps)
+      echo "@@MEM GuestMapping: $(grep "^$va-" /proc/$pid/maps)"
+      guest_smaps() { awk -v va="$va-" -v f="$1" 'index($0, va) == 1 {m=1; next} /^[0-9a-f]+-[0-9a-f]+ / {m=0} m && $1 == f {s+=$2} END {print s+0}' /proc/$pid/smaps; }
       echo "@@MEM GuestRss: $(guest_smaps Rss:) kB"
       echo "@@MEM GuestHuge: $(($(guest_smaps AnonHugePages:) + $(guest_smaps ShmemPmdMapped:))) kB"
       report_threads $pid
