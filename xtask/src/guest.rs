@@ -57,7 +57,7 @@ pub(crate) struct GuestRun<'a> {
 }
 
 /// The start of every scenario guest's `/init`: busybox's applets, `/proc`, `/sys`, `/dev`.
-const GUEST_INIT_PRELUDE: &str = "#!/bin/busybox sh
+pub(crate) const GUEST_INIT_PRELUDE: &str = "#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

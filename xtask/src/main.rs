@@ -12,7 +12,8 @@
 //! cargo xtask minimal-versions      the library crates against their oldest dependencies
 //! cargo xtask boot                  the main job: boot a real arm64 guest on refvmm
 //! cargo xtask fuzz                  every fuzz target for a few seconds (needs cargo-fuzz)
-//! cargo xtask bench                 ratio benchmarks in the emulated machine (docs/measurements.md)
+//! cargo xtask bench [--rounds N] [--peer NAME=PATH]...
+//!                                   ratio benchmarks in the emulated machine (docs/measurements.md)
 //! cargo xtask scenario NAME         one guest scenario: boot, sdei, seccomp, snapshot,
 //!                                   snapshot-in-handler, features, pmem, example (the
 //!                                   minimal VMM of sdei-dispatch's examples)
@@ -29,6 +30,7 @@
 //! Exit status: 0 on success; 1 when a test or the command inside failed (the command's own
 //! status is printed); 2 for a usage error; 3 when set-up or a build failed.
 
+mod bench;
 mod cpio;
 mod cross;
 mod doctor;
@@ -53,7 +55,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use util::{workspace_root, Counts, Fail};
 
-const USAGE: &str = "usage: cargo xtask <setup | doctor | fresh-check [--keep] | test | boot | arm64 test [-p PKG]... [FILTER] | arm64 run [--file [NAME=]PATH]... [--refvmm] [--timeout SECS] [--memory MIB] -- CMD...>";
+const USAGE: &str = "usage: cargo xtask <setup | doctor | fresh-check [--keep] | test | boot | bench [--rounds N] [--peer NAME=PATH]... | arm64 test [-p PKG]... [FILTER] | arm64 run [--file [NAME=]PATH]... [--refvmm] [--timeout SECS] [--memory MIB] -- CMD...>";
 
 enum Outcome {
     Ok,
@@ -82,7 +84,13 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         ["boot"] => cmd_boot(),
-        ["bench"] => cmd_bench(),
+        ["bench", rest @ ..] => match bench::parse(rest) {
+            Ok(r) => bench::run(&r),
+            Err(e) => {
+                eprintln!("xtask: {e}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         ["fuzz"] => fuzz::smoke().map(|c| verdict("fuzz", c)),
         ["scenario", name] => cmd_scenario(name),
         ["arm64", "test", rest @ ..] => {
@@ -596,63 +604,4 @@ fn cmd_boot() -> Result<Outcome, Fail> {
     let c = guest::report(&guest::boot(&tb)?);
     println!("{} passed, {} failed", c.passed, c.failed);
     Ok(verdict("guest boot on refvmm", c))
-}
-
-/// Ratio benchmarks in the emulated machine (never part of the test command): a forwarded
-/// hypercall against one KVM answers itself, and SDEI delivery against SPI injection.
-fn cmd_bench() -> Result<Outcome, Fail> {
-    let tb = if l1::native_kvm() {
-        None
-    } else {
-        Some(setup::run()?)
-    };
-    let refvmm = cross::refvmm()?;
-    let payload = cross::raw_payload()?;
-    let driver = cross::vmm_example("sdei_latency")?;
-    let forward = cross::example("hypercall-router", "kvm_forward_ratio", &["kvm"])?;
-    let script = "\
-./kvm_forward_ratio || exit 1
-./refvmm --kernel raw-payload.bin --sdei --cpus 1 --memory 64M \
-  --cmdline 'payload.cpus=1 payload.bench=2000' || exit 1
-./sdei_latency ./refvmm ./raw-payload.bin 300 || exit 1
-";
-    let job = l1::Job {
-        files: vec![
-            ("refvmm".into(), refvmm),
-            ("raw-payload.bin".into(), payload),
-            ("sdei_latency".into(), driver),
-            ("kvm_forward_ratio".into(), forward),
-        ],
-        script: script.into(),
-        timeout: Duration::from_secs(900),
-        memory_mib: 2048,
-        echo: true,
-    };
-    let res = l1::run(tb.as_ref(), &job)?;
-    let mut psci = 0u64;
-    let mut sdei = 0u64;
-    for line in res.output.lines() {
-        let word = |name: &str| -> Option<u64> {
-            let mut it = line.split_whitespace();
-            it.find(|w| *w == name)?;
-            it.next()?.parse().ok()
-        };
-        if line.contains("raw-payload: bench round") {
-            psci += word("psci_version_ticks").unwrap_or(0);
-            sdei += word("sdei_version_ticks").unwrap_or(0);
-        }
-    }
-    if res.exit != 0 || psci == 0 {
-        return Ok(Outcome::Failed(format!(
-            "the benchmarks did not complete (status {})",
-            res.exit
-        )));
-    }
-    println!(
-        "xtask: bench: forwarded SDEI_VERSION / in-kernel PSCI_VERSION = {:.2} ({} vs {} counter ticks over 5 rounds of 2000 calls each)",
-        sdei as f64 / psci as f64,
-        sdei,
-        psci
-    );
-    Ok(Outcome::Ok)
 }
