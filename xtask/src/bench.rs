@@ -99,7 +99,7 @@ boot() {
       *@@INIT*) echo "@@B $name init $(since $t0)" ;;
       *@@TOUCH*)
         set -- ${line##*@@TOUCH }
-        pid=$(pidof -s "$prog")
+        pid=$(pidof "$prog" | cut -d" " -f1)
         hwm=$(awk '/^VmHWM:/ {print $2}' /proc/$pid/status 2>/dev/null)
         echo "@@B $name touch $(since $t0) $(echo "$2 $1" | awk '{ printf "%.3f", $1 - $2 }') ${hwm:-0}" ;;
       *@@EXITED*) echo "@@B $name exit $(since $t0) ${line##* }" ;;
