@@ -253,12 +253,12 @@ impl Psci {
     }
 
     /// Whether vCPU `index` called `CPU_OFF` and must now stop itself; clears the mark. One
-    /// atomic swap, and the table's lock only after a `CPU_OFF`.
+    /// atomic load, and the swap and the table's lock only after a `CPU_OFF`.
     pub fn take_stop(&self, index: usize) -> bool {
-        let marked = self
-            .stopping
-            .get(index)
-            .is_some_and(|f| f.swap(false, Ordering::AcqRel));
+        let marked = self.stopping.get(index).is_some_and(|f| {
+            // A load first: the swap (a read-modify-write) only after a CPU_OFF.
+            f.load(Ordering::Acquire) && f.swap(false, Ordering::AcqRel)
+        });
         marked && self.table().take_stop(index)
     }
 

@@ -60,6 +60,9 @@ pub enum VcpuStop {
 pub struct VcpuControl {
     inner: Mutex<ControlState>,
     cv: std::sync::Condvar,
+    /// Set (under the lock) while the VM is paused or stopped: the checkpoint each vCPU
+    /// passes before every `KVM_RUN` costs one atomic load when neither is asked.
+    attention: std::sync::atomic::AtomicBool,
 }
 
 struct ControlState {
@@ -84,6 +87,7 @@ impl VcpuControl {
                 saved: vec![None; n],
             }),
             cv: std::sync::Condvar::new(),
+            attention: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -96,6 +100,11 @@ impl VcpuControl {
     #[must_use]
     pub fn checkpoint(&self, vcpu: &Vcpu) -> bool {
         use crate::persist::Persist;
+        // A pause or stop sets the flag before it kicks; the kick makes the next KVM_RUN
+        // return at once, so a load missed here is seen on the next pass.
+        if !self.attention.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let index = usize::from(vcpu.index);
         let mut g = self.lock();
         if g.stop {
@@ -124,6 +133,8 @@ impl VcpuControl {
         let n = {
             let mut g = self.lock();
             g.stop = true;
+            self.attention
+                .store(true, std::sync::atomic::Ordering::Release);
             g.saved.len()
         };
         self.cv.notify_all();
@@ -150,6 +161,8 @@ impl VcpuControl {
                     g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
                 }
                 g.pause = true;
+                self.attention
+                    .store(true, std::sync::atomic::Ordering::Release);
                 g.saved.iter_mut().for_each(|s| *s = None);
             }
             g.saved.len()
@@ -183,7 +196,11 @@ impl VcpuControl {
 
     /// Lets the vCPUs run again.
     pub fn resume(&self) {
-        self.lock().pause = false;
+        let mut g = self.lock();
+        g.pause = false;
+        self.attention
+            .store(g.stop, std::sync::atomic::Ordering::Release);
+        drop(g);
         self.cv.notify_all();
     }
 }
