@@ -6,6 +6,9 @@
 //!   `SDEI_VERSION`), each against an in-kernel `PSCI_VERSION` timed in the same VM, the runs
 //!   interleaved; the figures are medians of the per-round ratios.
 //! - SDEI delivery against SPI injection (`vmm/examples/sdei_latency.rs`).
+//! - MTE page operations: mte-memory's `mte_page_ratio`, a tag-zeroing page clear against a
+//!   plain one and a tag-copying page copy against a plain one (meaningful on arm64 hardware
+//!   only: in emulation they say what QEMU makes of the instructions).
 //! - Boots: Debian's kernel with a busybox init (2 vCPUs, 512 MiB) that first-touches 256 MiB
 //!   and powers off, on refvmm's default backing and on a memfd, each without and with `--mte`
 //!   (a guest that never uses tags), and on every `--peer`; rounds interleaved. Launch to
@@ -144,6 +147,7 @@ fn script(req: &Request) -> String {
         );
     }
     s.push_str("./sdei_latency ./refvmm ./raw-payload.bin 300 || exit 1\n");
+    s.push_str("./mte_page_ratio || exit 1\n");
     for _ in 0..req.rounds {
         for (name, extra) in REFVMM_BOOTS {
             s.push_str(&format!(
@@ -255,6 +259,7 @@ pub fn run(req: &Request) -> Result<Outcome, Fail> {
     let payload = cross::raw_payload()?;
     let driver = cross::vmm_example("sdei_latency")?;
     let forward = cross::example("hypercall-router", "kvm_forward_ratio", &["kvm"])?;
+    let pages = cross::example("mte-memory", "mte_page_ratio", &[])?;
     let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
@@ -270,6 +275,7 @@ pub fn run(req: &Request) -> Result<Outcome, Fail> {
         ("raw-payload.bin".into(), payload),
         ("sdei_latency".into(), driver),
         ("kvm_forward_ratio".into(), forward),
+        ("mte_page_ratio".into(), pages),
         ("Image".into(), tb_ref.kernel.clone()),
         ("guest.cpio".into(), cpio),
     ];
@@ -319,6 +325,16 @@ pub fn run(req: &Request) -> Result<Outcome, Fail> {
             println!("xtask: bench: SDEI raise -> handler / SPI -> IRQ handler (medians) {r:.2}")
         }
         None => println!("xtask: bench: the SDEI latency benchmark printed no ratio"),
+    }
+    match out
+        .lines()
+        .find(|l| l.starts_with("mte_page_ratio: tag-zeroing"))
+    {
+        Some(l) => println!(
+            "xtask: bench: MTE page operations (emulated: QEMU's cost, not hardware's): {}",
+            l.trim_start_matches("mte_page_ratio: ")
+        ),
+        None => println!("xtask: bench: the MTE page benchmark printed no ratios"),
     }
     let all = boots(out);
     let base = all
