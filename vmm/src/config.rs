@@ -18,7 +18,7 @@ pub const MAX_MEMORY: u64 = 256 << 30;
 /// Most vCPUs: what one GICv3 redistributor region in the memory map holds.
 pub const MAX_VCPUS: u8 = crate::layout::MAX_VCPUS;
 
-/// What backs guest RAM (`--memory-backing`); see [`crate::memory::choose`].
+/// What backs guest RAM (`--memory-backing`); refvmm's `memory::choose` (aarch64) decides `Auto`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum MemoryBacking {
     /// The fastest backing on this host that gives every enabled feature what it needs: a
