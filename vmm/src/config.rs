@@ -63,7 +63,7 @@ pub struct Cli {
     /// limits apply).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "initrd", "cmdline", "cpus", "memory", "mte", "sdei", "pmu", "sve", "pauth", "its",
-        "pmem"
+        "pmem", "rng"
     ])]
     pub restore: Option<PathBuf>,
 
@@ -126,6 +126,10 @@ pub struct Cli {
     /// be on tmpfs or hugetlbfs.
     #[arg(long, value_name = "SPEC")]
     pub pmem: Vec<String>,
+
+    /// A virtio-rng device: the guest's /dev/hwrng reads the host's getrandom(2).
+    #[arg(long)]
+    pub rng: bool,
 
     /// Seccomp filters for refvmm's threads.
     #[arg(long, value_enum, default_value_t = SeccompMode::Enforce)]
@@ -213,6 +217,17 @@ pub enum Error {
     /// The memory size is not understood or out of range.
     #[error("Memory size {0:?}: {1}")]
     Memory(String, String),
+    /// More virtio devices than virtio-mmio slots.
+    #[error(
+        "{given} virtio devices asked for (--pmem and --rng), but there are {max} virtio-mmio \
+         slots"
+    )]
+    TooManyVirtio {
+        /// Devices asked for.
+        given: usize,
+        /// Slots there are.
+        max: usize,
+    },
     /// The vCPU count is out of range.
     #[error("Number of vCPUs must be between 1 and {max}, got {0}", max = MAX_VCPUS)]
     Cpus(u8),
@@ -315,6 +330,8 @@ pub struct VmConfig {
     /// virtio-pmem devices, in command-line order (regions placed by
     /// [`crate::layout::pmem_bases`]).
     pub pmem: Vec<pmem::PmemConfig>,
+    /// A virtio-rng device (in the virtio-mmio slot after the pmem devices).
+    pub rng: bool,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
     /// The API socket and who may use it.
@@ -398,6 +415,7 @@ impl RestoreRequest {
             },
             its: false,
             pmem: Vec::new(),
+            rng: false,
             seccomp: self.seccomp,
             api_socket: self.api_socket.clone(),
         })
@@ -507,6 +525,14 @@ impl Launch {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
         let pmem = pmem::validate_all(&cli.pmem, memory, cli.mte, |p| files.pmem(p))?;
+        let virtio = pmem.len() + usize::from(cli.rng);
+        let slots = crate::layout::VIRTIO_SLOTS as usize;
+        if virtio > slots {
+            return Err(Error::TooManyVirtio {
+                given: virtio,
+                max: slots,
+            });
+        }
         Ok(Launch::Boot(VmConfig {
             kernel,
             initrd: cli.initrd,
@@ -523,6 +549,7 @@ impl Launch {
             },
             its: cli.its,
             pmem,
+            rng: cli.rng,
             seccomp: cli.seccomp,
             api_socket,
         }))
@@ -753,6 +780,28 @@ mod tests {
         }
         let e = cli(&["--kernel", KERNEL, "--memory-backing", "thp"]).unwrap_err();
         assert!(e.to_string().contains("possible values"), "{e}");
+    }
+
+    #[test]
+    fn rng_is_one_more_virtio_device_within_the_slots() {
+        assert!(config(&["--kernel", KERNEL, "--rng"]).unwrap().rng);
+        assert!(!config(&["--kernel", KERNEL]).unwrap().rng);
+        let mut args = vec!["--kernel", KERNEL];
+        for _ in 0..crate::layout::VIRTIO_SLOTS {
+            args.extend(["--pmem", "memfd,size=2M"]);
+        }
+        assert_eq!(config(&args).unwrap().pmem.len(), 32);
+        args.push("--rng");
+        let e = config(&args).unwrap_err();
+        assert!(
+            matches!(e, Error::TooManyVirtio { given: 33, max: 32 }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("33 virtio devices"), "{e}");
+        assert!(
+            cli(&["--restore", "/s", "--rng"]).is_err(),
+            "a snapshot brings its own devices"
+        );
     }
 
     #[test]

@@ -77,6 +77,27 @@ pub fn msync(mapping: &vm_memory::MmapRegion) -> std::io::Result<()> {
     }
 }
 
+/// Fills `buf` from the kernel's random number generator (`getrandom(2)`, no flags: it blocks
+/// only until the pool is first initialised), retrying short reads and `EINTR`.
+pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which is valid,
+        // writable memory for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 fn c_path(p: &Path) -> std::io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))

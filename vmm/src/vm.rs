@@ -3,7 +3,7 @@
 //! Two ways in, one way on: [`boot()`] loads a kernel into freshly built parts, [`restore`]
 //! gives the same parts the state of a snapshot ([`crate::persist`]), and both hand them to
 //! one run loop. `Parts::build` is what they share: the VM and its memory, the vCPUs, the
-//! GIC, the console's interrupt and the virtio-pmem devices, all as boot would have them.
+//! GIC, the console's interrupt and the virtio devices (pmem, rng), all as boot would have them.
 
 use crate::api::{self, ApiHandler, Request};
 use crate::boot;
@@ -11,6 +11,7 @@ use crate::config::VmConfig;
 use crate::devices::console_out::{self, OutputQueue, QueuedOutput};
 use crate::devices::serial::{Console, ConsoleState};
 use crate::devices::virtio::pmem::PmemDevice;
+use crate::devices::virtio::rng::{HostRandom, RngDevice};
 use crate::devices::virtio::MmioTransport;
 use crate::devices::MmioBus;
 use crate::eventloop::{self, ExitSignal};
@@ -247,7 +248,10 @@ impl Parts {
                 what: "console interrupt",
                 source: std::io::Error::from_raw_os_error(e.errno()),
             })?;
-        let virtio = add_pmem_devices(cfg, &mut vm, &mem, &mut bus)?;
+        let mut virtio = add_pmem_devices(cfg, &mut vm, &mem, &mut bus)?;
+        if cfg.rng {
+            virtio.push(add_rng_device(virtio.len(), &vm, &mem, &mut bus)?);
+        }
         let parts = Parts {
             vm,
             mem,
@@ -627,6 +631,37 @@ fn add_pmem_devices(
     Ok(slots)
 }
 
+/// Puts a virtio-rng device in virtio-mmio slot `index`, with an irqfd for its SPI; returns
+/// the slot as (base, SPI), for the device tree.
+fn add_rng_device(
+    index: usize,
+    vm: &Vm,
+    mem: &SharedGuestMemory,
+    bus: &mut MmioBus,
+) -> Result<(u64, u32)> {
+    let device_err = |source: std::io::Error| Error::Device {
+        what: "virtio-rng device",
+        source,
+    };
+    let (mmio_base, spi) = layout::virtio_slot(index)
+        .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
+    vm.fd()
+        .register_irqfd(&irq, spi)
+        .map_err(|e| device_err(std::io::Error::from_raw_os_error(e.errno())))?;
+    let device = RngDevice::new(HostRandom);
+    let transport = MmioTransport::new(device, mem.memory().clone(), Box::new(irq))
+        .map_err(|e| device_err(std::io::Error::other(e)))?;
+    bus.insert(
+        mmio_base,
+        layout::VIRTIO_SIZE,
+        Arc::new(Mutex::new(transport)),
+    )
+    .map_err(|e| device_err(std::io::Error::other(e)))?;
+    log::info!("rng: getrandom(2), virtio-mmio {mmio_base:#x} SPI {spi}");
+    Ok((mmio_base, spi))
+}
+
 /// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and
 /// post-mortems of a guest that hangs).
 fn where_stopped(states: &[VcpuState]) -> String {
@@ -652,6 +687,9 @@ impl Machine {
         }
         if !self.cfg.pmem.is_empty() {
             return Err("snapshots of VMs with virtio-pmem devices are not supported yet".into());
+        }
+        if self.cfg.rng {
+            return Err("snapshots of VMs with a virtio-rng device are not supported yet".into());
         }
         let was_paused = self.control.is_paused();
         let t0 = std::time::Instant::now();

@@ -44,6 +44,7 @@ mod l1;
 mod lint;
 mod minver;
 mod pmem;
+mod rng;
 mod sdei;
 mod seccomp;
 mod setup;
@@ -246,6 +247,7 @@ fn cmd_test() -> Result<Outcome, Fail> {
     scenarios.extend(sdei::sdei(&tb)?);
     scenarios.extend(features::features(&tb)?);
     scenarios.extend(pmem::pmem(&tb)?);
+    scenarios.extend(rng::rng(&tb)?);
     scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::AfterHandler)?);
     scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::InHandler)?);
     scenarios.extend(seccomp::seccomp(&tb)?);
@@ -562,10 +564,11 @@ fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
         "seccomp" => seccomp::seccomp(&tb)?,
         "features" => features::features(&tb)?,
         "pmem" => pmem::pmem(&tb)?,
+        "rng" => rng::rng(&tb)?,
         "example" => example::minimal_vmm(&tb)?,
         other => {
             return Err(Fail::new(format!(
-                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem, example)"
+                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem, rng, example)"
             )))
         }
     };

@@ -94,7 +94,9 @@ dd if=/dev/zero of=/work/small.img bs=1M count=0 seek=2 2>/dev/null
 try @@BAD-SMALL ./refvmm --kernel Image --pmem file=/work/small.img,size=4M
 "#;
 
-fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf, Fail> {
+/// Decompresses the kernel module `rel` (under `kernel/drivers/`, without `.ko.xz`) of the
+/// test bed's kernel into `out_dir`; returns its path.
+pub(crate) fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf, Fail> {
     let modules = tb
         .kernel_root
         .join("lib/modules")

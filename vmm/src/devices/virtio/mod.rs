@@ -3,6 +3,7 @@
 //! - [`mmio`]: [`MmioTransport`], the register file a guest driver talks to, which owns the
 //!   device's queues ([`virtio_queue::Queue`]) and its interrupt.
 //! - [`pmem`]: the virtio-pmem device.
+//! - [`rng`]: the virtio entropy device.
 //!
 //! A device implements [`VirtioDevice`]: its ID, feature bits, queue sizes, configuration
 //! space, and what to do when the driver notifies a queue. The transport turns every guest
@@ -11,6 +12,7 @@
 
 pub mod mmio;
 pub mod pmem;
+pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 

@@ -256,142 +256,30 @@ impl<F: Flush> VirtioDevice for PmemDevice<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::mmio::{reg, MmioTransport};
-    use crate::devices::virtio::{status, VIRTIO_F_VERSION_1};
-    use crate::devices::MmioDevice;
+    use crate::devices::virtio::mmio::reg;
+    use crate::devices::virtio::status;
     use std::sync::atomic::Ordering;
 
-    const RAM: u64 = 0x4000_0000;
-    const DESC: u64 = RAM;
-    const AVAIL: u64 = RAM + 0x1000;
-    const USED: u64 = RAM + 0x2000;
-    const DATA: u64 = RAM + 0x4000;
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
-
     use crate::devices::virtio::testing::{
-        CountingFlush as FakeFlush, CountingInterrupt as Counter,
+        CountingFlush as FakeFlush, Driver as TestDriver, DATA, F_NEXT, F_WRITE,
     };
 
-    fn ram() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM), 0x10_0000)]).unwrap()
+    /// The test driver over a pmem device for a 2 MiB region at 4 GiB.
+    type Driver<F> = TestDriver<PmemDevice<F>>;
+
+    fn driver<F: Flush>(backing: F, size: u16) -> Driver<F> {
+        TestDriver::new(PmemDevice::new(0x1_0000_0000, 2 << 20, backing), size)
     }
 
-    /// A driver's view of the queue: it writes descriptors and rings in guest memory and
-    /// drives the transport's registers as Linux does.
-    struct Driver<F: Flush> {
-        t: MmioTransport<PmemDevice<F>>,
-        mem: GuestMemoryMmap,
-        irq: Counter,
-        avail_idx: u16,
-        size: u16,
-    }
-
-    impl<F: Flush> Driver<F> {
-        fn new(backing: F, size: u16) -> Self {
-            let mem = ram();
-            let irq = Counter::default();
-            let dev = PmemDevice::new(0x1_0000_0000, 2 << 20, backing);
-            let mut d = Driver {
-                t: MmioTransport::new(dev, mem.clone(), Box::new(irq.clone())).unwrap(),
-                mem,
-                irq,
-                avail_idx: 0,
-                size,
-            };
-            d.probe(size);
-            d
-        }
-
-        fn wr(&mut self, off: u64, v: u32) {
-            self.t.write(off, &v.to_le_bytes());
-        }
-
-        fn rd(&mut self, off: u64) -> u32 {
-            let mut b = [0u8; 4];
-            self.t.read(off, &mut b);
-            u32::from_le_bytes(b)
-        }
-
-        fn probe(&mut self, size: u16) {
-            self.size = size;
-            self.wr(reg::STATUS, 0);
-            self.wr(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-            self.wr(reg::DRIVER_FEATURES_SEL, 1);
-            self.wr(reg::DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
-            self.wr(
-                reg::STATUS,
-                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-            );
-            assert_ne!(self.rd(reg::STATUS) & status::FEATURES_OK, 0);
-            self.wr(reg::QUEUE_SEL, 0);
-            assert_eq!(self.rd(reg::QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-            self.wr(reg::QUEUE_NUM, u32::from(size));
-            self.wr(reg::QUEUE_DESC_LOW, DESC as u32);
-            self.wr(reg::QUEUE_DRIVER_LOW, AVAIL as u32);
-            self.wr(reg::QUEUE_DEVICE_LOW, USED as u32);
-            self.wr(reg::QUEUE_READY, 1);
-            assert_eq!(self.rd(reg::QUEUE_READY), 1);
-            let s = self.rd(reg::STATUS);
-            self.wr(reg::STATUS, s | status::DRIVER_OK);
-        }
-
-        fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..].copy_from_slice(&next.to_le_bytes());
-            self.mem
-                .write_slice(&raw, GuestAddress(DESC + 16 * u64::from(i)))
-                .unwrap();
-        }
-
-        /// Makes the chain starting at `head` available and notifies.
-        fn submit(&mut self, heads: &[u16]) {
-            for &h in heads {
-                let slot = u64::from(self.avail_idx % self.size) * 2;
-                self.mem
-                    .write_obj(h.to_le(), GuestAddress(AVAIL + 4 + slot))
-                    .unwrap();
-                self.avail_idx = self.avail_idx.wrapping_add(1);
-            }
-            self.mem
-                .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL + 2))
-                .unwrap();
-            self.wr(reg::QUEUE_NOTIFY, 0);
-        }
-
-        fn used_idx(&self) -> u16 {
-            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
-        }
-
-        fn used(&self, n: u16) -> (u32, u32) {
-            let at = USED + 4 + 8 * u64::from(n);
-            (
-                self.mem.read_obj(GuestAddress(at)).unwrap(),
-                self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-            )
-        }
-
-        fn word(&self, addr: u64) -> u32 {
-            self.mem.read_obj(GuestAddress(addr)).unwrap()
-        }
-
-        fn put(&self, addr: u64, v: u32) {
-            self.mem.write_obj(v, GuestAddress(addr)).unwrap();
-        }
-
-        /// A two-descriptor request (type at DATA + 16 * slot, answer 8 bytes after it),
-        /// using descriptors 2 * slot and 2 * slot + 1.
-        fn request(&self, slot: u16, kind: u32) -> (u16, u64) {
-            let req = DATA + 16 * u64::from(slot);
-            self.put(req, kind);
-            self.put(req + 8, 0xdead_beef);
-            self.desc(2 * slot, req, 4, F_NEXT, 2 * slot + 1);
-            self.desc(2 * slot + 1, req + 8, 4, F_WRITE, 0);
-            (2 * slot, req + 8)
-        }
+    /// A two-descriptor request (type at DATA + 16 * slot, answer 8 bytes after it), using
+    /// descriptors 2 * slot and 2 * slot + 1.
+    fn request<F: Flush>(d: &Driver<F>, slot: u16, kind: u32) -> (u16, u64) {
+        let req = DATA + 16 * u64::from(slot);
+        d.put(req, kind);
+        d.put(req + 8, 0xdead_beef);
+        d.desc(2 * slot, req, 4, F_NEXT, 2 * slot + 1);
+        d.desc(2 * slot + 1, req + 8, 4, F_WRITE, 0);
+        (2 * slot, req + 8)
     }
 
     #[test]
@@ -445,12 +333,12 @@ mod tests {
             PmemConfig::from_spec(&format!("file={}", path.display()), false, inspect).unwrap();
         let backing = PmemBacking::open(&cfg, 0, false).unwrap();
         let mapping = backing.mapping();
-        let mut d = Driver::new(backing, 16);
+        let mut d = driver(backing, 16);
 
         // The guest writes to its pmem (the same pages as the host mapping), then flushes.
         let data = b"written by the guest before a flush";
         crate::sys::testing::write_mapping(&mapping, 0x1000, data);
-        let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
+        let (head, answer) = request(&d, 0, REQ_TYPE_FLUSH);
         d.submit(&[head]);
 
         assert_eq!(d.used_idx(), 1);
@@ -472,10 +360,10 @@ mod tests {
     #[test]
     fn several_flushes_in_one_notification_share_one_flush() {
         let backing = FakeFlush::default();
-        let mut d = Driver::new(backing.clone(), 16);
-        let a = d.request(0, REQ_TYPE_FLUSH);
-        let b = d.request(1, REQ_TYPE_FLUSH);
-        let c = d.request(2, REQ_TYPE_FLUSH);
+        let mut d = driver(backing.clone(), 16);
+        let a = request(&d, 0, REQ_TYPE_FLUSH);
+        let b = request(&d, 1, REQ_TYPE_FLUSH);
+        let c = request(&d, 2, REQ_TYPE_FLUSH);
         d.submit(&[a.0, b.0, c.0]);
         assert_eq!(d.used_idx(), 3);
         assert_eq!(backing.calls.load(Ordering::Relaxed), 1);
@@ -485,7 +373,7 @@ mod tests {
         }
         assert_eq!(d.irq.0.load(Ordering::Relaxed), 1);
         // The next notification flushes again.
-        let e = d.request(3, REQ_TYPE_FLUSH);
+        let e = request(&d, 3, REQ_TYPE_FLUSH);
         d.submit(&[e.0]);
         assert_eq!(backing.calls.load(Ordering::Relaxed), 2);
         assert_eq!(d.used_idx(), 4);
@@ -497,8 +385,8 @@ mod tests {
             fail: true,
             ..Default::default()
         };
-        let mut d = Driver::new(backing, 8);
-        let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
+        let mut d = driver(backing, 8);
+        let (head, answer) = request(&d, 0, REQ_TYPE_FLUSH);
         d.submit(&[head]);
         assert_eq!(d.used(0), (u32::from(head), 4));
         assert_eq!(d.word(answer), RESP_EIO);
@@ -508,8 +396,8 @@ mod tests {
     #[test]
     fn unknown_request_type_is_answered_eio_without_a_flush() {
         let backing = FakeFlush::default();
-        let mut d = Driver::new(backing.clone(), 8);
-        let (head, answer) = d.request(0, 7);
+        let mut d = driver(backing.clone(), 8);
+        let (head, answer) = request(&d, 0, 7);
         d.submit(&[head]);
         assert_eq!(d.used(0), (u32::from(head), 4));
         assert_eq!(d.word(answer), RESP_EIO);
@@ -520,7 +408,7 @@ mod tests {
     #[test]
     fn a_request_split_across_buffers_is_gathered() {
         let backing = FakeFlush::default();
-        let mut d = Driver::new(backing.clone(), 8);
+        let mut d = driver(backing.clone(), 8);
         d.mem.write_slice(&[0, 0], GuestAddress(DATA)).unwrap();
         d.mem
             .write_slice(&[0, 0], GuestAddress(DATA + 0x100))
@@ -537,7 +425,7 @@ mod tests {
     #[test]
     fn malformed_chains_are_answered_or_returned_without_panicking() {
         let backing = FakeFlush::default();
-        let mut d = Driver::new(backing.clone(), 16);
+        let mut d = driver(backing.clone(), 16);
         // 0: a 2-byte request.
         d.put(DATA, 0);
         d.desc(0, DATA, 2, F_NEXT, 1);
@@ -584,15 +472,12 @@ mod tests {
 
     #[test]
     fn a_head_index_beyond_the_queue_asks_for_a_reset() {
-        let mut d = Driver::new(FakeFlush::default(), 8);
+        let mut d = driver(FakeFlush::default(), 8);
         d.submit(&[200]);
         assert_ne!(d.rd(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
-        // The driver resets and sets the device up again; it works.
-        d.avail_idx = 0;
-        d.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
-        d.mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
+        // The driver resets and sets the device up again on fresh rings; it works.
         d.probe(8);
-        let (head, answer) = d.request(0, REQ_TYPE_FLUSH);
+        let (head, answer) = request(&d, 0, REQ_TYPE_FLUSH);
         d.submit(&[head]);
         assert_eq!(d.word(answer), RESP_OK);
     }
@@ -600,7 +485,7 @@ mod tests {
     #[test]
     fn indirect_tables_are_followed() {
         let backing = FakeFlush::default();
-        let mut d = Driver::new(backing.clone(), 8);
+        let mut d = driver(backing.clone(), 8);
         let table = DATA + 0x1000;
         let entry = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
             let mut raw = [0u8; 16];
