@@ -21,6 +21,7 @@ pub mod refvmm_state;
 pub mod router;
 pub mod sdei;
 pub mod virtio_pmem;
+pub mod virtio_rng;
 
 pub use migration::run_sdei_snapshot_decode;
 pub use mte::run_mte_tag_snapshot_decode;
@@ -33,12 +34,13 @@ pub use refvmm_state::{run_refvmm_console_state, run_refvmm_gic_state, run_refvm
 pub use router::run_smccc_dispatch;
 pub use sdei::run_sdei_sequences;
 pub use virtio_pmem::run_virtio_pmem;
+pub use virtio_rng::run_virtio_rng;
 
 /// A fuzz target: its cargo-fuzz name and the function it runs.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
-pub const TARGETS: [Target; 14] = [
+pub const TARGETS: [Target; 15] = [
     ("smccc_dispatch", run_smccc_dispatch),
     ("sdei_sequences", run_sdei_sequences),
     ("sdei_snapshot_decode", run_sdei_snapshot_decode),
@@ -53,4 +55,5 @@ pub const TARGETS: [Target; 14] = [
     ("refvmm_mmio_sequences", run_refvmm_mmio_sequences),
     ("refvmm_console_state", run_refvmm_console_state),
     ("refvmm_snapshot_components", run_refvmm_snapshot_components),
+    ("virtio_rng", run_virtio_rng),
 ];

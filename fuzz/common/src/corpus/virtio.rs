@@ -219,3 +219,87 @@ fn indirect(entries: &[(u64, u32, u16, u16)]) -> Vec<u8> {
     }
     out
 }
+
+fn rng_seed(name: &str, input: &B) -> Seed {
+    Seed::new("virtio_rng", name, input.build())
+}
+
+/// Every `virtio_rng` seed: buffers as Linux's virtio-rng driver offers them (one writable
+/// buffer per request), and the ways a driver can get them wrong.
+pub fn virtio_rng_seeds() -> Vec<Seed> {
+    vec![
+        rng_seed(
+            "one-buffer",
+            B::standard(16, 0)
+                .desc(0, DATA, 64, flags::WRITE, 0)
+                .avail(0),
+        ),
+        rng_seed(
+            "readable-then-two-writable",
+            B::standard(16, 0)
+                .desc(0, DATA, 16, flags::NEXT, 1)
+                .desc(1, DATA + 0x100, 32, flags::NEXT | flags::WRITE, 2)
+                .desc(2, DATA + 0x200, 32, flags::WRITE, 0)
+                .avail(0),
+        ),
+        rng_seed(
+            "two-requests-three-notifications",
+            B::standard(16, 3)
+                .desc(0, DATA, 16, flags::WRITE, 0)
+                .desc(1, DATA + 0x100, 4096, flags::WRITE, 0)
+                .avail(0)
+                .avail(1),
+        ),
+        rng_seed(
+            "huge-length",
+            B::standard(16, 0)
+                .desc(0, DATA, u32::MAX, flags::WRITE, 0)
+                .avail(0),
+        ),
+        rng_seed(
+            "buffer-outside-ram",
+            B::standard(16, 0)
+                .raw_desc(0, RAM_BASE + RAM_SIZE - 8, 64, flags::WRITE, 0)
+                .avail(0),
+        ),
+        rng_seed(
+            "source-fails",
+            B::standard(16, ctrl::FLUSH_FAILS)
+                .desc(0, DATA, 64, flags::WRITE, 0)
+                .avail(0),
+        ),
+        rng_seed(
+            "no-writable-buffer",
+            B::standard(16, 0).desc(0, DATA, 64, 0, 0).avail(0),
+        ),
+        rng_seed("head-beyond-queue", B::standard(16, 0).avail(40)),
+        rng_seed(
+            "indirect-table",
+            B::standard(16, 0)
+                .put(
+                    DATA + 0x800,
+                    &indirect(&[
+                        (DATA, 16, flags::NEXT | flags::WRITE, 1),
+                        (DATA + 0x100, 16, flags::WRITE, 0),
+                    ]),
+                )
+                .desc(0, DATA + 0x800, 32, flags::INDIRECT, 0)
+                .avail(0),
+        ),
+        rng_seed(
+            "full-queue",
+            &(0..16).fold(B::standard(16, 0), |mut b, i| {
+                b.desc(i, DATA + 0x100 * u64::from(i), 256, flags::WRITE, 0)
+                    .avail(i);
+                b
+            }),
+        ),
+        rng_seed(
+            "driver-wants-no-interrupt",
+            B::standard(16, 0)
+                .desc(0, DATA, 64, flags::WRITE, 0)
+                .avail(0)
+                .put(u64::from(B::AVAIL), &1u16.to_le_bytes()),
+        ),
+    ]
+}
