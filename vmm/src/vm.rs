@@ -605,10 +605,6 @@ fn add_pmem_devices(
         if pcfg.readonly {
             bus.add_read_only_memory(base, pcfg.size);
         }
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
-        vm.fd()
-            .register_irqfd(&irq, spi)
-            .map_err(|e| device_err(std::io::Error::from_raw_os_error(e.errno())))?;
         log::info!(
             "pmem{i}: {} (fd {}, {} MiB{}) at {base:#x}, memory slot {slot}, virtio-mmio \
              {mmio_base:#x} SPI {spi}",
@@ -618,21 +614,14 @@ fn add_pmem_devices(
             if pcfg.readonly { ", read-only" } else { "" },
         );
         let device = PmemDevice::new(base, pcfg.size, backing);
-        let transport = MmioTransport::new(device, mem.memory().clone(), Box::new(irq))
-            .map_err(|e| device_err(std::io::Error::other(e)))?;
-        bus.insert(
-            mmio_base,
-            layout::VIRTIO_SIZE,
-            Arc::new(Mutex::new(transport)),
-        )
-        .map_err(|e| device_err(std::io::Error::other(e)))?;
+        insert_virtio(vm, mem, bus, (mmio_base, spi), device).map_err(device_err)?;
         slots.push((mmio_base, spi));
     }
     Ok(slots)
 }
 
-/// Puts a virtio-rng device in virtio-mmio slot `index`, with an irqfd for its SPI; returns
-/// the slot as (base, SPI), for the device tree.
+/// Puts a virtio-rng device in virtio-mmio slot `index`; returns the slot as (base, SPI), for
+/// the device tree.
 fn add_rng_device(
     index: usize,
     vm: &Vm,
@@ -643,23 +632,34 @@ fn add_rng_device(
         what: "virtio-rng device",
         source,
     };
-    let (mmio_base, spi) = layout::virtio_slot(index)
+    let slot = layout::virtio_slot(index)
         .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
+    insert_virtio(vm, mem, bus, slot, RngDevice::new(HostRandom)).map_err(device_err)?;
+    log::info!(
+        "rng: getrandom(2), virtio-mmio {:#x} SPI {}",
+        slot.0,
+        slot.1
+    );
+    Ok(slot)
+}
+
+/// Puts `device` behind a virtio-mmio transport at `(base, spi)` on the bus, its interrupt an
+/// irqfd for the SPI.
+fn insert_virtio<D: crate::devices::virtio::VirtioDevice + 'static>(
+    vm: &Vm,
+    mem: &SharedGuestMemory,
+    bus: &mut MmioBus,
+    (base, spi): (u64, u32),
+    device: D,
+) -> std::io::Result<()> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK)?;
     vm.fd()
         .register_irqfd(&irq, spi)
-        .map_err(|e| device_err(std::io::Error::from_raw_os_error(e.errno())))?;
-    let device = RngDevice::new(HostRandom);
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     let transport = MmioTransport::new(device, mem.memory().clone(), Box::new(irq))
-        .map_err(|e| device_err(std::io::Error::other(e)))?;
-    bus.insert(
-        mmio_base,
-        layout::VIRTIO_SIZE,
-        Arc::new(Mutex::new(transport)),
-    )
-    .map_err(|e| device_err(std::io::Error::other(e)))?;
-    log::info!("rng: getrandom(2), virtio-mmio {mmio_base:#x} SPI {spi}");
-    Ok((mmio_base, spi))
+        .map_err(std::io::Error::other)?;
+    bus.insert(base, layout::VIRTIO_SIZE, Arc::new(Mutex::new(transport)))
+        .map_err(std::io::Error::other)
 }
 
 /// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and

@@ -96,7 +96,7 @@ try @@BAD-SMALL ./refvmm --kernel Image --pmem file=/work/small.img,size=4M
 
 /// Decompresses the kernel module `rel` (under `kernel/drivers/`, without `.ko.xz`) of the
 /// test bed's kernel into `out_dir`; returns its path.
-pub(crate) fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf, Fail> {
+fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf, Fail> {
     let modules = tb
         .kernel_root
         .join("lib/modules")
@@ -122,15 +122,22 @@ pub(crate) fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Resu
     Ok(dst)
 }
 
-/// Runs the scenario and returns its checks.
-pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
-    let probe = cross::vmm_example("pmem_mte_probe")?;
-    let work = std::env::temp_dir().join(format!("xtask-pmem-modules-{}", std::process::id()));
+/// [`run_guest`] with the test bed kernel's `modules` (paths under `kernel/drivers/`, without
+/// `.ko.xz`, loaded by the guest from `/bin/<name>.ko`) and `extra` files in the guest's `/bin`;
+/// `run.files` is replaced by them.
+pub(crate) fn run_guest_with_modules(
+    tb: &Testbed,
+    modules: &[&str],
+    extra: &[(&str, &Path)],
+    run: GuestRun<'_>,
+) -> Result<String, Fail> {
+    let work =
+        std::env::temp_dir().join(format!("xtask-{}-modules-{}", run.name, std::process::id()));
     std::fs::create_dir_all(&work)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
     let result = (|| {
         let mut files: Vec<(String, PathBuf)> = Vec::new();
-        for m in MODULES {
+        for m in modules {
             let p = decompress_module(tb, m, &work)?;
             let name = p
                 .file_name()
@@ -138,25 +145,39 @@ pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
                 .unwrap_or_default();
             files.push((name, p));
         }
-        files.push(("pmem_mte_probe".into(), probe));
-        let refs: Vec<(&str, &Path)> = files
+        let mut refs: Vec<(&str, &Path)> = files
             .iter()
             .map(|(n, p)| (n.as_str(), p.as_path()))
             .collect();
+        refs.extend_from_slice(extra);
         run_guest(
             tb,
             GuestRun {
-                name: "pmem",
-                init: GUEST_INIT,
                 files: &refs,
-                l1_script: L1_SCRIPT,
-                timeout: Duration::from_secs(900),
-                memory_mib: 2048,
+                ..run
             },
         )
     })();
     let _ = std::fs::remove_dir_all(&work);
-    let out = result?;
+    result
+}
+
+/// Runs the scenario and returns its checks.
+pub fn pmem(tb: &Testbed) -> Result<Vec<Check>, Fail> {
+    let probe = cross::vmm_example("pmem_mte_probe")?;
+    let out = run_guest_with_modules(
+        tb,
+        MODULES,
+        &[("pmem_mte_probe", &probe)],
+        GuestRun {
+            name: "pmem",
+            init: GUEST_INIT,
+            files: &[],
+            l1_script: L1_SCRIPT,
+            timeout: Duration::from_secs(900),
+            memory_mib: 2048,
+        },
+    )?;
     let m = |name: &str| marker(&out, name).unwrap_or_default().to_string();
     let mut checks = Vec::new();
     let devs = m("@@PMEM-DEVS");

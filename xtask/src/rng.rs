@@ -3,11 +3,10 @@
 //! filters, refuses a snapshot of the VM (not supported yet) and exits 0 when the guest powers
 //! off.
 
-use crate::guest::{check, marker, run_guest, threads_filtered, Check, GuestRun};
-use crate::pmem::decompress_module;
+use crate::guest::{check, marker, threads_filtered, Check, GuestRun};
+use crate::pmem::run_guest_with_modules;
 use crate::setup::Testbed;
 use crate::util::Fail;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The guest modules, in load order, under `kernel/drivers/`.
@@ -43,37 +42,19 @@ const ZEROS_MD5: &str = "fcd6bcb56c1689fcef28b57c22475bad";
 
 /// Runs the scenario and returns its checks.
 pub fn rng(tb: &Testbed) -> Result<Vec<Check>, Fail> {
-    let work = std::env::temp_dir().join(format!("xtask-rng-modules-{}", std::process::id()));
-    std::fs::create_dir_all(&work)
-        .map_err(|e| Fail::new(format!("cannot create {}: {e}", work.display())))?;
-    let result = (|| {
-        let mut files: Vec<(String, PathBuf)> = Vec::new();
-        for m in MODULES {
-            let p = decompress_module(tb, m, &work)?;
-            let name = p
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.push((name, p));
-        }
-        let refs: Vec<(&str, &Path)> = files
-            .iter()
-            .map(|(n, p)| (n.as_str(), p.as_path()))
-            .collect();
-        run_guest(
-            tb,
-            GuestRun {
-                name: "rng",
-                init: GUEST_INIT,
-                files: &refs,
-                l1_script: L1_SCRIPT,
-                timeout: Duration::from_secs(600),
-                memory_mib: 1024,
-            },
-        )
-    })();
-    let _ = std::fs::remove_dir_all(&work);
-    let out = result?;
+    let out = run_guest_with_modules(
+        tb,
+        MODULES,
+        &[],
+        GuestRun {
+            name: "rng",
+            init: GUEST_INIT,
+            files: &[],
+            l1_script: L1_SCRIPT,
+            timeout: Duration::from_secs(600),
+            memory_mib: 1024,
+        },
+    )?;
     let m = |name: &str| marker(&out, name).unwrap_or_default().to_string();
     let mut checks = Vec::new();
     let current = m("@@RNG-CURRENT");

@@ -96,6 +96,29 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) {}
 }
 
+/// The requests a device answered with an error (or cut short): counted, and the first 16
+/// and every 65536th logged at debug level, so that a guest cannot flood the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FailedRequests {
+    count: u64,
+}
+
+impl FailedRequests {
+    /// How many so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Counts one failure of `device`'s request at descriptor `head`, for `why`.
+    pub fn note(&mut self, device: &str, head: u16, why: &dyn std::fmt::Display) {
+        self.count += 1;
+        let n = self.count;
+        if n <= 16 || n % 65536 == 0 {
+            log::debug!("{device}: request at descriptor {head} failed: {why} ({n} so far)");
+        }
+    }
+}
+
 /// Copies `config[offset..]` into `data`, zero past the end: the usual `read_config`.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);

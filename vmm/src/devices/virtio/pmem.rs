@@ -141,7 +141,7 @@ pub struct PmemDevice<F> {
     config: [u8; 16],
     backing: F,
     flushes: u64,
-    failed_requests: u64,
+    failed: super::FailedRequests,
 }
 
 impl<F: Flush> PmemDevice<F> {
@@ -154,7 +154,7 @@ impl<F: Flush> PmemDevice<F> {
             config,
             backing,
             flushes: 0,
-            failed_requests: 0,
+            failed: super::FailedRequests::default(),
         }
     }
 
@@ -170,15 +170,7 @@ impl<F: Flush> PmemDevice<F> {
 
     /// How many requests were answered with an error.
     pub fn failed_requests(&self) -> u64 {
-        self.failed_requests
-    }
-
-    fn note_failure(&mut self, head: u16, why: &dyn std::fmt::Display) {
-        self.failed_requests += 1;
-        let n = self.failed_requests;
-        if n <= 16 || n % 65536 == 0 {
-            log::debug!("virtio-pmem: request at descriptor {head} failed: {why} ({n} so far)");
-        }
+        self.failed.count()
     }
 }
 
@@ -230,7 +222,7 @@ impl<F: Flush> VirtioDevice for PmemDevice<F> {
                 (Ok(PmemRequest::Flush), Some(Ok(()))) => RESP_OK,
                 (Ok(PmemRequest::Flush), _) => RESP_EIO,
                 (Err(e), _) => {
-                    self.note_failure(*head, e);
+                    self.failed.note("virtio-pmem", *head, e);
                     RESP_EIO
                 }
             };
@@ -238,12 +230,20 @@ impl<F: Flush> VirtioDevice for PmemDevice<F> {
                 Some(addr) => match mem.write_slice(&status.to_le_bytes(), addr) {
                     Ok(()) => MESSAGE_LEN as u32,
                     Err(e) => {
-                        self.note_failure(*head, &format!("answer buffer {:#x}: {e}", addr.0));
+                        self.failed.note(
+                            "virtio-pmem",
+                            *head,
+                            &format!("answer buffer {:#x}: {e}", addr.0),
+                        );
                         0
                     }
                 },
                 None => {
-                    self.note_failure(*head, &"no device-writable buffer of 4 bytes");
+                    self.failed.note(
+                        "virtio-pmem",
+                        *head,
+                        &"no device-writable buffer of 4 bytes",
+                    );
                     0
                 }
             };

@@ -43,7 +43,7 @@ impl Entropy for HostRandom {
 pub struct RngDevice<E> {
     entropy: E,
     bytes: u64,
-    failed_requests: u64,
+    failed: super::FailedRequests,
     buf: Box<[u8; CHUNK]>,
 }
 
@@ -53,7 +53,7 @@ impl<E: Entropy> RngDevice<E> {
         RngDevice {
             entropy,
             bytes: 0,
-            failed_requests: 0,
+            failed: super::FailedRequests::default(),
             buf: Box::new([0; CHUNK]),
         }
     }
@@ -65,15 +65,7 @@ impl<E: Entropy> RngDevice<E> {
 
     /// Requests that ended early (a buffer outside RAM, an entropy failure).
     pub fn failed_requests(&self) -> u64 {
-        self.failed_requests
-    }
-
-    fn note_failure(&mut self, head: u16, why: &dyn std::fmt::Display) {
-        self.failed_requests += 1;
-        let n = self.failed_requests;
-        if n <= 16 || n % 65536 == 0 {
-            log::debug!("virtio-rng: request at descriptor {head} ended early: {why} ({n} so far)");
-        }
+        self.failed.count()
     }
 
     /// Fills the chain's device-writable buffers; returns the bytes written.
@@ -95,11 +87,12 @@ impl<E: Entropy> RngDevice<E> {
                         log::Level::Warn,
                         "virtio-rng: no entropy from the host: {e}"
                     );
-                    self.note_failure(head, &e);
+                    self.failed.note("virtio-rng", head, &e);
                     return written as u32;
                 }
                 if let Err(e) = mem.write_slice(chunk, at) {
-                    self.note_failure(head, &format!("buffer {:#x}: {e}", at.0));
+                    self.failed
+                        .note("virtio-rng", head, &format!("buffer {:#x}: {e}", at.0));
                     return written as u32;
                 }
                 written += n;
