@@ -49,10 +49,22 @@ fn rd(t: &mut MmioTransport<RngDevice<Source>>, off: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Whether `[a, a + alen)` and `[b, b + blen)` intersect.
+fn overlaps((a, alen): (u64, u64), (b, blen): (u64, u64)) -> bool {
+    a < b.saturating_add(blen) && b < a.saturating_add(alen)
+}
+
 /// The sum of the lengths of the writable descriptors of a direct chain starting at `head`
 /// (following `next` at most `size` times), saturating; `None` where the chain uses an
-/// indirect table or leaves RAM (then only the limit is checked).
-fn writable_total(mem: &GuestMemoryMmap, desc: u64, size: u16, head: u16) -> Option<u64> {
+/// indirect table, leaves RAM, or has a writable buffer over one of the `rings` (the device's
+/// writes could then change what it reads next, or the used ring read back here).
+fn writable_total(
+    mem: &GuestMemoryMmap,
+    desc: u64,
+    size: u16,
+    head: u16,
+    rings: &[(u64, u64)],
+) -> Option<u64> {
     let mut total = 0u64;
     let mut i = head;
     for _ in 0..size {
@@ -64,6 +76,10 @@ fn writable_total(mem: &GuestMemoryMmap, desc: u64, size: u16, head: u16) -> Opt
             return None;
         }
         if flags & 2 != 0 {
+            let addr: u64 = mem.read_obj(at).ok()?;
+            if rings.iter().any(|r| overlaps(*r, (addr, u64::from(len)))) {
+                return None;
+            }
             total = total.saturating_add(u64::from(len));
         }
         if flags & 1 == 0 {
@@ -133,8 +149,19 @@ pub fn run_virtio_rng(data: &[u8]) {
     let s = rd(&mut t, reg::STATUS);
     wr(&mut t, reg::STATUS, s | status::DRIVER_OK);
 
-    let mut seen_used: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap_or(0);
+    // A driver starts on a zeroed used ring (Linux allocates it zeroed); the device counts
+    // from 0 whatever the memory held.
+    mem.write_obj(0u16, GuestAddress(used + 2))
+        .expect("used ring in RAM");
+    let mut seen_used = 0u16;
     let mut handed_out = 0u64;
+    let n = u64::from(size);
+    let rings = [(desc, 16 * n), (avail, 6 + 2 * n), (used, 6 + 8 * n)];
+    // With rings over each other, what the device reads and what is read back here depend on
+    // the order of its writes: only "no panic" is checked then.
+    let rings_apart = !overlaps(rings[0], rings[1])
+        && !overlaps(rings[0], rings[2])
+        && !overlaps(rings[1], rings[2]);
     for _ in 0..=(control & ctrl::EXTRA_NOTIFIES) {
         let irqs_before = irq.count();
         // VRING_AVAIL_F_NO_INTERRUPT (no EVENT_IDX is offered): the driver wants no interrupt.
@@ -146,12 +173,17 @@ pub fn run_virtio_rng(data: &[u8]) {
                 .map(|k| {
                     let slot = u64::from(seen_used.wrapping_add(k) % size);
                     let head: u16 = mem.read_obj(GuestAddress(avail + 4 + 2 * slot)).ok()?;
-                    (head < size).then(|| writable_total(&mem, desc, size, head))?
+                    (head < size).then(|| writable_total(&mem, desc, size, head, &rings))?
                 })
                 .collect()
         };
         wr(&mut t, reg::QUEUE_NOTIFY, 0);
         if rd(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET != 0 {
+            return;
+        }
+        // Every offered chain walked, none writing over a ring: the used ring read back is
+        // what the device wrote.
+        if !rings_apart || heads.iter().any(Option::is_none) {
             return;
         }
         let used_idx: u16 = mem
