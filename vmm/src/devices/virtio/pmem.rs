@@ -487,15 +487,8 @@ mod tests {
         let backing = FakeFlush::default();
         let mut d = driver(backing.clone(), 8);
         let table = DATA + 0x1000;
-        let entry = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..].copy_from_slice(&next.to_le_bytes());
-            d.mem
-                .write_slice(&raw, GuestAddress(table + 16 * i))
-                .unwrap();
+        let entry = |i: u16, addr: u64, len: u32, flags: u16, next: u16| {
+            d.desc_at(table, i, addr, len, flags, next)
         };
         entry(0, DATA, 4, F_NEXT, 1);
         entry(1, DATA + 8, 4, F_WRITE, 0);

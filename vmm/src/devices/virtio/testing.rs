@@ -154,8 +154,13 @@ impl<D: super::VirtioDevice> Driver<D> {
         self.wr(reg::STATUS, s | status::DRIVER_OK);
     }
 
-    /// Writes descriptor `i`.
+    /// Writes descriptor `i` of the queue's descriptor table.
     pub fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.desc_at(DESC, i, addr, len, flags, next);
+    }
+
+    /// Writes descriptor `i` of the table at guest address `table` (an indirect table, say).
+    pub fn desc_at(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         use vm_memory::Bytes;
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&addr.to_le_bytes());
@@ -163,7 +168,7 @@ impl<D: super::VirtioDevice> Driver<D> {
         raw[12..14].copy_from_slice(&flags.to_le_bytes());
         raw[14..].copy_from_slice(&next.to_le_bytes());
         self.mem
-            .write_slice(&raw, vm_memory::GuestAddress(DESC + 16 * u64::from(i)))
+            .write_slice(&raw, vm_memory::GuestAddress(table + 16 * u64::from(i)))
             .expect("descriptor in RAM");
     }
 
