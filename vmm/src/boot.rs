@@ -221,6 +221,7 @@ mod tests {
             features: Default::default(),
             its: false,
             pmem: Vec::new(),
+            disks: Vec::new(),
             rng: false,
             seccomp: SeccompMode::Off,
             api_socket: None,

@@ -6,6 +6,7 @@
 //! restore's configuration is derived from the manifest the caller has read
 //! ([`RestoreRequest::config`]), so the snapshot is opened once, by the code that restores it.
 
+pub mod disk;
 pub mod pmem;
 
 use clap::{Parser, ValueEnum};
@@ -63,7 +64,7 @@ pub struct Cli {
     /// limits apply).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "initrd", "cmdline", "cpus", "memory", "mte", "sdei", "pmu", "sve", "pauth", "its",
-        "pmem", "rng"
+        "pmem", "disk", "rng"
     ])]
     pub restore: Option<PathBuf>,
 
@@ -126,6 +127,11 @@ pub struct Cli {
     /// be on tmpfs or hugetlbfs.
     #[arg(long, value_name = "SPEC")]
     pub pmem: Vec<String>,
+
+    /// A virtio-blk device (repeatable): `path=PATH[,readonly=on][,direct=on][,serial=ID]`,
+    /// PATH a raw image file or a block device (see docs/refvmm.md).
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
 
     /// A virtio-rng device: the guest's /dev/hwrng reads the host's getrandom(2).
     #[arg(long)]
@@ -219,7 +225,7 @@ pub enum Error {
     Memory(String, String),
     /// More virtio devices than virtio-mmio slots.
     #[error(
-        "{given} virtio devices asked for (--pmem and --rng), but there are {max} virtio-mmio \
+        "{given} virtio devices asked for (--pmem, --disk and --rng), but there are {max} virtio-mmio \
          slots"
     )]
     TooManyVirtio {
@@ -274,6 +280,9 @@ pub enum Error {
     /// A `--pmem` device cannot be used.
     #[error(transparent)]
     Pmem(#[from] pmem::SpecError),
+    /// A `--disk` specification.
+    #[error(transparent)]
+    Disk(#[from] disk::SpecError),
     /// The API socket options are inconsistent.
     #[error("API socket: {0}")]
     ApiSocket(String),
@@ -330,7 +339,10 @@ pub struct VmConfig {
     /// virtio-pmem devices, in command-line order (regions placed by
     /// [`crate::layout::pmem_bases`]).
     pub pmem: Vec<pmem::PmemConfig>,
-    /// A virtio-rng device (in the virtio-mmio slot after the pmem devices).
+    /// virtio-blk devices, in command-line order (in the virtio-mmio slots after the pmem
+    /// devices).
+    pub disks: Vec<disk::DiskConfig>,
+    /// A virtio-rng device (in the virtio-mmio slot after the disks).
     pub rng: bool,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
@@ -415,6 +427,7 @@ impl RestoreRequest {
             },
             its: false,
             pmem: Vec::new(),
+            disks: Vec::new(),
             rng: false,
             seccomp: self.seccomp,
             api_socket: self.api_socket.clone(),
@@ -525,7 +538,12 @@ impl Launch {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
         let pmem = pmem::validate_all(&cli.pmem, memory, cli.mte, |p| files.pmem(p))?;
-        let virtio = pmem.len() + usize::from(cli.rng);
+        let disks = cli
+            .disk
+            .iter()
+            .map(|spec| disk::DiskConfig::from_spec(spec))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let virtio = pmem.len() + disks.len() + usize::from(cli.rng);
         let slots = crate::layout::VIRTIO_SLOTS as usize;
         if virtio > slots {
             return Err(Error::TooManyVirtio {
@@ -549,6 +567,7 @@ impl Launch {
             },
             its: cli.its,
             pmem,
+            disks,
             rng: cli.rng,
             seccomp: cli.seccomp,
             api_socket,
@@ -802,6 +821,35 @@ mod tests {
             cli(&["--restore", "/s", "--rng"]).is_err(),
             "a snapshot brings its own devices"
         );
+    }
+
+    #[test]
+    fn disks_are_kept_in_order_and_count_against_the_virtio_slots() {
+        let c = config(&[
+            "--kernel",
+            KERNEL,
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/b.img,readonly=on",
+        ])
+        .unwrap();
+        let paths: Vec<_> = c.disks.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(paths, [PathBuf::from("/a.img"), PathBuf::from("/b.img")]);
+        assert!(!c.disks[0].readonly && c.disks[1].readonly);
+        let e = config(&["--kernel", KERNEL, "--disk", "file=/a.img"]).unwrap_err();
+        assert!(matches!(e, Error::Disk(_)), "{e:?}");
+        assert!(e.to_string().contains("unknown key \"file\""), "{e}");
+        let mut args = vec!["--kernel", KERNEL, "--rng"];
+        for _ in 0..crate::layout::VIRTIO_SLOTS {
+            args.extend(["--disk", "path=/a.img"]);
+        }
+        let e = config(&args).unwrap_err();
+        assert!(
+            matches!(e, Error::TooManyVirtio { given: 33, max: 32 }),
+            "{e:?}"
+        );
+        assert!(cli(&["--restore", "/s", "--disk", "path=/a.img"]).is_err());
     }
 
     #[test]

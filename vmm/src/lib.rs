@@ -1,7 +1,7 @@
 //! refvmm as a library: the modules the `refvmm` binary composes. One module per concern:
 //! [`config`] (command line → validated config), [`layout`] (the memory map), [`fdt`],
-//! [`devices`] (MMIO bus, console, virtio-mmio and virtio-pmem), [`pmem_backing`] (the files
-//! and memfds behind virtio-pmem devices), [`sandbox`] (per-thread seccomp filters), and on
+//! [`devices`] (MMIO bus, console, virtio-mmio and its devices), [`disk_image`] (the images
+//! behind virtio-blk devices), [`pmem_backing`] (the files and memfds behind virtio-pmem devices), [`sandbox`] (per-thread seccomp filters), and on
 //! aarch64
 //! `memory`, `boot`, `vcpu`, `gic`, `eventloop` and `vm`, which talk to KVM.
 
@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod devices;
+pub mod disk_image;
 pub mod fdt;
 pub mod files;
 pub mod layout;

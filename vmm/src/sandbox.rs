@@ -51,15 +51,19 @@ pub enum Category {
     Api,
     /// The console writer: guest output from the console's queue to stdout.
     Console,
+    /// A virtio-blk device's worker: woken by its queue's ioeventfd, moves data between the
+    /// image and guest memory and raises the device's interrupt; no KVM access, no opening.
+    Block,
 }
 
 impl Category {
     /// Every category.
-    pub const ALL: [Category; 4] = [
+    pub const ALL: [Category; 5] = [
         Category::Vmm,
         Category::Vcpu,
         Category::Api,
         Category::Console,
+        Category::Block,
     ];
 
     /// The category's name in the policy file.
@@ -69,6 +73,7 @@ impl Category {
             Category::Vcpu => "vcpu",
             Category::Api => "api",
             Category::Console => "console",
+            Category::Block => "block",
         }
     }
 
@@ -91,7 +96,7 @@ pub enum Error {
     #[error("Seccomp filters exist only for aarch64; use --seccomp off on this host")]
     Arch,
     /// The test hook names no category.
-    #[error("{PROBE_ENV}={0:?} names no thread category (vmm, vcpu, api, console)")]
+    #[error("{PROBE_ENV}={0:?} names no thread category (vmm, vcpu, api, console, block)")]
     Probe(String),
     /// The `SIGSYS` handler could not be installed.
     #[error("Cannot install the SIGSYS handler")]
@@ -364,7 +369,7 @@ mod tests {
         ] {
             let filters = decode(blob).unwrap();
             let names: Vec<&str> = filters.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, ["api", "console", "vcpu", "vmm"]);
+            assert_eq!(names, ["api", "block", "console", "vcpu", "vmm"]);
             for (name, prog) in &filters {
                 assert!(returns(prog, wanted), "{name} never returns {wanted:#x}");
                 assert!(!returns(prog, unwanted), "{name} returns {unwanted:#x}");

@@ -6,7 +6,8 @@
 //! or a lifetime it cannot check, so no caller can break memory safety through it.
 //!
 //! - process: [`effective_uid`], [`gettid`], [`write_stderr`], [`exit_now`], [`tgkill`];
-//! - files: [`flock`], [`msync`], [`rename_noreplace`], [`read_stdin`], [`peer_uid`];
+//! - files: [`flock`], [`msync`], [`preadv`], [`pwritev`], [`fallocate`],
+//!   [`rename_noreplace`], [`read_stdin`], [`peer_uid`];
 //! - signals: [`install_sigsys_handler`] (the seccomp violation report) and, on aarch64,
 //!   `kick` (the vCPU kick signal and the `KVM_RUN` it interrupts);
 //! - KVM, on aarch64: `get_device_attr`, `nisv_fault_ipa`;
@@ -96,6 +97,83 @@ pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
         done += n as usize;
     }
     Ok(())
+}
+
+/// Most buffers one `preadv`/`pwritev` call takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// The guards keep each slice's pointer valid (vm-memory's rule) for as long as they live.
+fn guards(bufs: &[vm_memory::VolatileSlice<'_>]) -> Vec<vm_memory::volatile_memory::PtrGuardMut> {
+    bufs.iter()
+        .take(IOV_MAX)
+        .map(|b| b.ptr_guard_mut())
+        .collect()
+}
+
+fn iovecs(guards: &[vm_memory::volatile_memory::PtrGuardMut]) -> Vec<libc::iovec> {
+    guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: g.len(),
+        })
+        .collect()
+}
+
+fn file_offset(offset: u64) -> std::io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `preadv(fd, bufs, offset)`: reads from `offset` into the guest memory `bufs` (the first
+/// 1024 of them); returns the bytes read.
+pub fn preadv(
+    fd: BorrowedFd<'_>,
+    bufs: &[vm_memory::VolatileSlice<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    let held = guards(bufs);
+    let iov = iovecs(&held);
+    let offset = file_offset(offset)?;
+    // SAFETY: each iovec is a live VolatileSlice of guest memory (its guard held), mapped and writable for the
+    // slices' lifetime, which outlasts the call; the kernel writes only within them. Guest
+    // memory is never a Rust reference, so no aliasing rule is broken by the kernel's writes.
+    let n = unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `pwritev(fd, bufs, offset)`: writes the guest memory `bufs` (the first 1024 of them) at
+/// `offset`; returns the bytes written.
+pub fn pwritev(
+    fd: BorrowedFd<'_>,
+    bufs: &[vm_memory::VolatileSlice<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    let held = guards(bufs);
+    let iov = iovecs(&held);
+    let offset = file_offset(offset)?;
+    // SAFETY: each iovec is a live VolatileSlice of guest memory (its guard held), mapped and readable for the
+    // call; the kernel only reads it.
+    let n = unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
+    let (offset, len) = (file_offset(offset)?, file_offset(len)?);
+    // SAFETY: fallocate takes a descriptor (kept open by the borrow) and integers.
+    if unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn c_path(p: &Path) -> std::io::Result<CString> {

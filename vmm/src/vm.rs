@@ -3,17 +3,20 @@
 //! Two ways in, one way on: [`boot()`] loads a kernel into freshly built parts, [`restore`]
 //! gives the same parts the state of a snapshot ([`crate::persist`]), and both hand them to
 //! one run loop. `Parts::build` is what they share: the VM and its memory, the vCPUs, the
-//! GIC, the console's interrupt and the virtio devices (pmem, rng), all as boot would have them.
+//! GIC, the console's interrupt and the virtio devices (pmem, blk, rng), all as boot would have
+//! them.
 
 use crate::api::{self, ApiHandler, Request};
 use crate::boot;
 use crate::config::VmConfig;
 use crate::devices::console_out::{self, OutputQueue, QueuedOutput};
 use crate::devices::serial::{Console, ConsoleState};
+use crate::devices::virtio::block::{BlockDevice, BlockOptions};
 use crate::devices::virtio::pmem::PmemDevice;
 use crate::devices::virtio::rng::{HostRandom, RngDevice};
 use crate::devices::virtio::MmioTransport;
 use crate::devices::MmioBus;
+use crate::disk_image::{self, DiskImage};
 use crate::eventloop::{self, ExitSignal};
 use crate::fdt::{self, FdtConfig};
 use crate::gic::{self, Gic};
@@ -111,6 +114,9 @@ pub enum Error {
     /// The seccomp filters.
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
+    /// A virtio-blk image.
+    #[error(transparent)]
+    Disk(#[from] disk_image::Error),
     /// A virtio-pmem backing.
     #[error(transparent)]
     Pmem(#[from] crate::pmem_backing::Error),
@@ -130,6 +136,7 @@ impl Error {
                 | Error::OtherVcpus { .. }
                 | Error::RestorePart { .. }
                 | Error::Pmem(_)
+                | Error::Disk(_)
         ) || matches!(self, Error::Memory(e) if e.is_user_error())
     }
 }
@@ -190,6 +197,36 @@ struct Parts {
     bus: MmioBus,
     /// The virtio-mmio slots in use, as (base, SPI), for the device tree.
     virtio: Vec<(u64, u32)>,
+    /// The device threads to start with the vCPUs.
+    workers: Vec<DeviceWorker>,
+}
+
+/// A device's worker thread, before it starts: it waits on `kick` (an ioeventfd for the
+/// device's queue notifications) and then runs `work`.
+struct DeviceWorker {
+    name: String,
+    category: Category,
+    kick: EventFd,
+    work: Box<dyn FnMut() + Send>,
+}
+
+impl DeviceWorker {
+    /// The thread's body: serves notifications until its eventfd fails (never, in practice).
+    fn serve(mut self) {
+        loop {
+            match self.kick.read() {
+                Ok(_) => (self.work)(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!(
+                        "{}: cannot wait for notifications: {e}; the device stops",
+                        self.name
+                    );
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Parts {
@@ -249,6 +286,12 @@ impl Parts {
                 source: std::io::Error::from_raw_os_error(e.errno()),
             })?;
         let mut virtio = add_pmem_devices(cfg, &mut vm, &mem, &mut bus)?;
+        let mut workers = Vec::with_capacity(cfg.disks.len());
+        for (i, disk) in cfg.disks.iter().enumerate() {
+            let (slot, worker) = add_block_device(i, virtio.len(), disk, &vm, &mem, &mut bus)?;
+            virtio.push(slot);
+            workers.push(worker);
+        }
         if cfg.rng {
             virtio.push(add_rng_device(virtio.len(), &vm, &mem, &mut bus)?);
         }
@@ -261,6 +304,7 @@ impl Parts {
             gic,
             bus,
             virtio,
+            workers,
         };
         Ok((parts, uart_irq))
     }
@@ -422,6 +466,7 @@ fn run(
         kicker,
         gic,
         bus,
+        workers,
         ..
     } = parts;
     let mut bus = bus;
@@ -495,6 +540,10 @@ fn run(
         }
         None => None,
     };
+    for w in workers {
+        // Detached: a device thread serves until the process exits.
+        let _ = sandbox.spawn(w.category, w.name.clone(), move || w.serve())?;
+    }
     let mut threads = Vec::with_capacity(vcpus.len());
     for (i, mut v) in (0u8..).zip(vcpus) {
         let bus = bus.clone();
@@ -614,7 +663,7 @@ fn add_pmem_devices(
             if pcfg.readonly { ", read-only" } else { "" },
         );
         let device = PmemDevice::new(base, pcfg.size, backing);
-        insert_virtio(vm, mem, bus, (mmio_base, spi), device).map_err(device_err)?;
+        let _ = insert_virtio(vm, mem, bus, (mmio_base, spi), device).map_err(device_err)?;
         slots.push((mmio_base, spi));
     }
     Ok(slots)
@@ -634,7 +683,7 @@ fn add_rng_device(
     };
     let slot = layout::virtio_slot(index)
         .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
-    insert_virtio(vm, mem, bus, slot, RngDevice::new(HostRandom)).map_err(device_err)?;
+    let _ = insert_virtio(vm, mem, bus, slot, RngDevice::new(HostRandom)).map_err(device_err)?;
     log::info!(
         "rng: getrandom(2), virtio-mmio {:#x} SPI {}",
         slot.0,
@@ -643,23 +692,79 @@ fn add_rng_device(
     Ok(slot)
 }
 
+/// Opens and locks the image of `--disk` number `disk` and puts a virtio-blk device for it in
+/// virtio-mmio slot `index`, its queue notifications on an ioeventfd for the worker thread
+/// returned with the slot.
+fn add_block_device(
+    disk: usize,
+    index: usize,
+    cfg: &crate::config::disk::DiskConfig,
+    vm: &Vm,
+    mem: &SharedGuestMemory,
+    bus: &mut MmioBus,
+) -> Result<((u64, u32), DeviceWorker)> {
+    let device_err = |source: std::io::Error| Error::Device {
+        what: "virtio-blk device",
+        source,
+    };
+    let slot = layout::virtio_slot(index)
+        .ok_or_else(|| device_err(std::io::Error::other("no virtio-mmio slot left")))?;
+    let image = DiskImage::open(cfg)?;
+    log::info!(
+        "blk{disk}: {}{}{}, virtio-mmio {:#x} SPI {}",
+        image.describe(),
+        if cfg.readonly { ", read-only" } else { "" },
+        if cfg.direct { ", O_DIRECT" } else { "" },
+        slot.0,
+        slot.1
+    );
+    let opts = BlockOptions {
+        readonly: cfg.readonly,
+        block_size: if cfg.direct { 4096 } else { 512 },
+        serial: cfg.serial.clone(),
+    };
+    let transport =
+        insert_virtio(vm, mem, bus, slot, BlockDevice::new(image, opts)).map_err(device_err)?;
+    // Blocking: the worker sleeps in read until the guest notifies the queue.
+    let kick = EventFd::new(0).map_err(device_err)?;
+    let notify = slot.0 + crate::devices::virtio::mmio::reg::QUEUE_NOTIFY;
+    // The driver writes the queue's index, 0, as a 32-bit value; any other write still reaches
+    // the transport (and names no queue that does I/O).
+    vm.fd()
+        .register_ioevent(&kick, &kvm_ioctls::IoEventAddress::Mmio(notify), 0u32)
+        .map_err(|e| device_err(std::io::Error::from_raw_os_error(e.errno())))?;
+    let work = Box::new(move || match transport.lock() {
+        Ok(mut t) => t.notify(0),
+        Err(_) => log::error!("virtio-blk: the device's lock is poisoned"),
+    });
+    let worker = DeviceWorker {
+        name: format!("blk{disk}"),
+        category: Category::Block,
+        kick,
+        work,
+    };
+    Ok((slot, worker))
+}
+
 /// Puts `device` behind a virtio-mmio transport at `(base, spi)` on the bus, its interrupt an
-/// irqfd for the SPI.
+/// irqfd for the SPI; returns the transport (for a device thread).
 fn insert_virtio<D: crate::devices::virtio::VirtioDevice + 'static>(
     vm: &Vm,
     mem: &SharedGuestMemory,
     bus: &mut MmioBus,
     (base, spi): (u64, u32),
     device: D,
-) -> std::io::Result<()> {
+) -> std::io::Result<Arc<Mutex<MmioTransport<D>>>> {
     let irq = EventFd::new(libc::EFD_NONBLOCK)?;
     vm.fd()
         .register_irqfd(&irq, spi)
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     let transport = MmioTransport::new(device, mem.memory().clone(), Box::new(irq))
         .map_err(std::io::Error::other)?;
-    bus.insert(base, layout::VIRTIO_SIZE, Arc::new(Mutex::new(transport)))
-        .map_err(std::io::Error::other)
+    let transport = Arc::new(Mutex::new(transport));
+    bus.insert(base, layout::VIRTIO_SIZE, transport.clone())
+        .map_err(std::io::Error::other)?;
+    Ok(transport)
 }
 
 /// Where each paused vCPU stands: `vcpu<i> pc <pc> pstate <pstate>` (for operators and
@@ -687,6 +792,9 @@ impl Machine {
         }
         if !self.cfg.pmem.is_empty() {
             return Err("snapshots of VMs with virtio-pmem devices are not supported yet".into());
+        }
+        if !self.cfg.disks.is_empty() {
+            return Err("snapshots of VMs with virtio-blk devices are not supported yet".into());
         }
         if self.cfg.rng {
             return Err("snapshots of VMs with a virtio-rng device are not supported yet".into());

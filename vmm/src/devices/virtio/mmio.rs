@@ -373,6 +373,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// The device, to change.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     /// The device status as the driver reads it.
     pub fn status(&self) -> u32 {
         self.status
@@ -484,7 +489,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.status = new | device_bits;
     }
 
-    fn notify(&mut self, value: u32) {
+    /// The driver's notification of queue `value`, as a write of `QueueNotify` gives it; a
+    /// device thread woken by an ioeventfd for that register calls this itself. Ignored unless
+    /// the driver has finished set-up and the queue exists and is ready.
+    pub fn notify(&mut self, value: u32) {
         let usable = status::DRIVER_OK | status::FEATURES_OK;
         if self.status & usable != usable || self.status & status::DEVICE_NEEDS_RESET != 0 {
             return;

@@ -2,6 +2,7 @@
 //!
 //! - [`mmio`]: [`MmioTransport`], the register file a guest driver talks to, which owns the
 //!   device's queues ([`virtio_queue::Queue`]) and its interrupt.
+//! - [`block`]: the virtio block device.
 //! - [`pmem`]: the virtio-pmem device.
 //! - [`rng`]: the virtio entropy device.
 //!
@@ -10,6 +11,7 @@
 //! mistake (bad queue sizes, rings outside RAM, broken descriptor chains) into an error status
 //! (`DEVICE_NEEDS_RESET`) and a log line; none of them panics.
 
+pub mod block;
 pub mod mmio;
 pub mod pmem;
 pub mod rng;
