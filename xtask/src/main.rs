@@ -31,6 +31,7 @@
 //! status is printed); 2 for a usage error; 3 when set-up or a build failed.
 
 mod bench;
+mod blk;
 mod cpio;
 mod cross;
 mod doctor;
@@ -248,6 +249,7 @@ fn cmd_test() -> Result<Outcome, Fail> {
     scenarios.extend(features::features(&tb)?);
     scenarios.extend(pmem::pmem(&tb)?);
     scenarios.extend(rng::rng(&tb)?);
+    scenarios.extend(blk::blk(&tb)?);
     scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::AfterHandler)?);
     scenarios.extend(snapshot::snapshot(&tb, snapshot::Moment::InHandler)?);
     scenarios.extend(seccomp::seccomp(&tb)?);
@@ -565,10 +567,11 @@ fn cmd_scenario(name: &str) -> Result<Outcome, Fail> {
         "features" => features::features(&tb)?,
         "pmem" => pmem::pmem(&tb)?,
         "rng" => rng::rng(&tb)?,
+        "blk" => blk::blk(&tb)?,
         "example" => example::minimal_vmm(&tb)?,
         other => {
             return Err(Fail::new(format!(
-                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem, rng, example)"
+                "unknown scenario {other:?} (boot, sdei, seccomp, snapshot, snapshot-in-handler, features, pmem, rng, blk, example)"
             )))
         }
     };

@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The guest modules, in load order (their `depends=` fields), under `kernel/drivers/`.
+/// The guest modules, in load order (their `depends=` fields), under `kernel/`.
 const MODULES: &[&str] = &[
-    "virtio/virtio_mmio",
-    "nvdimm/libnvdimm",
-    "nvdimm/nd_virtio",
-    "nvdimm/virtio_pmem",
-    "nvdimm/nd_btt",
-    "nvdimm/nd_pmem",
+    "drivers/virtio/virtio_mmio",
+    "drivers/nvdimm/libnvdimm",
+    "drivers/nvdimm/nd_virtio",
+    "drivers/nvdimm/virtio_pmem",
+    "drivers/nvdimm/nd_btt",
+    "drivers/nvdimm/nd_pmem",
 ];
 
 const GUEST_INIT: &str = r#"for m in virtio_mmio libnvdimm nd_virtio virtio_pmem nd_btt nd_pmem; do insmod /bin/$m.ko || echo "@@INSMOD-FAILED $m"; done
@@ -94,14 +94,14 @@ dd if=/dev/zero of=/work/small.img bs=1M count=0 seek=2 2>/dev/null
 try @@BAD-SMALL ./refvmm --kernel Image --pmem file=/work/small.img,size=4M
 "#;
 
-/// Decompresses the kernel module `rel` (under `kernel/drivers/`, without `.ko.xz`) of the
+/// Decompresses the kernel module `rel` (under `kernel/`, without `.ko.xz`) of the
 /// test bed's kernel into `out_dir`; returns its path.
 fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf, Fail> {
     let modules = tb
         .kernel_root
         .join("lib/modules")
         .join(&tb.kernel_version)
-        .join("kernel/drivers");
+        .join("kernel");
     let src = modules.join(format!("{rel}.ko.xz"));
     let name = rel.rsplit('/').next().unwrap_or(rel);
     let dst = out_dir.join(format!("{name}.ko"));
@@ -122,7 +122,7 @@ fn decompress_module(tb: &Testbed, rel: &str, out_dir: &Path) -> Result<PathBuf,
     Ok(dst)
 }
 
-/// [`run_guest`] with the test bed kernel's `modules` (paths under `kernel/drivers/`, without
+/// [`run_guest`] with the test bed kernel's `modules` (paths under `kernel/`, without
 /// `.ko.xz`, loaded by the guest from `/bin/<name>.ko`) and `extra` files in the guest's `/bin`;
 /// `run.files` is replaced by them.
 pub(crate) fn run_guest_with_modules(

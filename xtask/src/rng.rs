@@ -9,8 +9,11 @@ use crate::setup::Testbed;
 use crate::util::Fail;
 use std::time::Duration;
 
-/// The guest modules, in load order, under `kernel/drivers/`.
-const MODULES: &[&str] = &["virtio/virtio_mmio", "char/hw_random/virtio-rng"];
+/// The guest modules, in load order, under `kernel/`.
+const MODULES: &[&str] = &[
+    "drivers/virtio/virtio_mmio",
+    "drivers/char/hw_random/virtio-rng",
+];
 
 const GUEST_INIT: &str = r#"for m in virtio_mmio virtio-rng; do insmod /bin/$m.ko || echo "@@INSMOD-FAILED $m"; done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -c /dev/hwrng ] && break; sleep 1; done

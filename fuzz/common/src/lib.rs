@@ -20,6 +20,7 @@ pub mod refvmm_snapshot;
 pub mod refvmm_state;
 pub mod router;
 pub mod sdei;
+pub mod virtio_blk;
 pub mod virtio_pmem;
 pub mod virtio_rng;
 
@@ -33,6 +34,7 @@ pub use refvmm_snapshot::{run_refvmm_api_framing, run_refvmm_snapshot_manifest};
 pub use refvmm_state::{run_refvmm_console_state, run_refvmm_gic_state, run_refvmm_vcpu_state};
 pub use router::run_smccc_dispatch;
 pub use sdei::run_sdei_sequences;
+pub use virtio_blk::run_virtio_blk;
 pub use virtio_pmem::run_virtio_pmem;
 pub use virtio_rng::run_virtio_rng;
 
@@ -40,7 +42,7 @@ pub use virtio_rng::run_virtio_rng;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every fuzz target, by its cargo-fuzz name (the directory name under `fuzz/corpus/`).
-pub const TARGETS: [Target; 15] = [
+pub const TARGETS: [Target; 16] = [
     ("smccc_dispatch", run_smccc_dispatch),
     ("sdei_sequences", run_sdei_sequences),
     ("sdei_snapshot_decode", run_sdei_snapshot_decode),
@@ -55,5 +57,6 @@ pub const TARGETS: [Target; 15] = [
     ("refvmm_mmio_sequences", run_refvmm_mmio_sequences),
     ("refvmm_console_state", run_refvmm_console_state),
     ("refvmm_snapshot_components", run_refvmm_snapshot_components),
+    ("virtio_blk", run_virtio_blk),
     ("virtio_rng", run_virtio_rng),
 ];

@@ -13,8 +13,8 @@
 //! with `VRING_AVAIL_F_NO_INTERRUPT`, a hint the device may ignore) and never otherwise.
 
 use refvmm::devices::virtio::mmio::reg;
-use refvmm::devices::virtio::rng::{Entropy, RngDevice, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
-use refvmm::devices::virtio::{status, MmioTransport, VIRTIO_F_VERSION_1};
+use refvmm::devices::virtio::rng::{Entropy, RngDevice, MAX_BYTES_PER_REQUEST};
+use refvmm::devices::virtio::{status, MmioTransport, VirtioDevice, VIRTIO_F_VERSION_1};
 use refvmm::devices::MmioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -50,7 +50,7 @@ fn rd(t: &mut MmioTransport<RngDevice<Source>>, off: u64) -> u32 {
 }
 
 /// Whether `[a, a + alen)` and `[b, b + blen)` intersect.
-fn overlaps((a, alen): (u64, u64), (b, blen): (u64, u64)) -> bool {
+pub(crate) fn overlaps((a, alen): (u64, u64), (b, blen): (u64, u64)) -> bool {
     a < b.saturating_add(blen) && b < a.saturating_add(alen)
 }
 
@@ -58,7 +58,7 @@ fn overlaps((a, alen): (u64, u64), (b, blen): (u64, u64)) -> bool {
 /// (following `next` at most `size` times), saturating; `None` where the chain uses an
 /// indirect table, leaves RAM, or has a writable buffer over one of the `rings` (the device's
 /// writes could then change what it reads next, or the used ring read back here).
-fn writable_total(
+pub(crate) fn writable_total(
     mem: &GuestMemoryMmap,
     desc: u64,
     size: u16,
@@ -93,6 +93,51 @@ fn writable_total(
     None
 }
 
+/// Sets the transport up as a driver does, queue 0 of `size` entries on the given rings;
+/// false when the transport refuses the queue.
+pub(crate) fn set_up<D: VirtioDevice>(
+    t: &mut MmioTransport<D>,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+) -> bool {
+    let wr = |t: &mut MmioTransport<D>, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+    let rd = |t: &mut MmioTransport<D>, off: u64| {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    };
+    wr(t, reg::STATUS, 0);
+    wr(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    wr(t, reg::DRIVER_FEATURES_SEL, 1);
+    wr(t, reg::DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
+    wr(
+        t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    wr(t, reg::QUEUE_SEL, 0);
+    let max = t.device().queue_max_sizes()[0];
+    assert_eq!(rd(t, reg::QUEUE_NUM_MAX), u32::from(max));
+    wr(t, reg::QUEUE_NUM, u32::from(size));
+    for (low, addr) in [
+        (reg::QUEUE_DESC_LOW, desc),
+        (reg::QUEUE_DRIVER_LOW, avail),
+        (reg::QUEUE_DEVICE_LOW, used),
+    ] {
+        wr(t, low, addr as u32);
+        wr(t, low + 4, (addr >> 32) as u32);
+    }
+    wr(t, reg::QUEUE_READY, 1);
+    if rd(t, reg::QUEUE_READY) != 1 {
+        return false;
+    }
+    let s = rd(t, reg::STATUS);
+    wr(t, reg::STATUS, s | status::DRIVER_OK);
+    true
+}
+
 /// Runs one input; panics when a check fails.
 pub fn run_virtio_rng(data: &[u8]) {
     if data.len() < HEADER_LEN {
@@ -122,32 +167,9 @@ pub fn run_virtio_rng(data: &[u8]) {
     let mut t = MmioTransport::new(device, mem.clone(), Box::new(irq.clone()))
         .expect("the rng queue size is valid");
 
-    wr(&mut t, reg::STATUS, 0);
-    wr(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-    wr(&mut t, reg::DRIVER_FEATURES_SEL, 1);
-    wr(&mut t, reg::DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
-    wr(
-        &mut t,
-        reg::STATUS,
-        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-    );
-    wr(&mut t, reg::QUEUE_SEL, 0);
-    assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-    wr(&mut t, reg::QUEUE_NUM, u32::from(size));
-    for (low, addr) in [
-        (reg::QUEUE_DESC_LOW, desc),
-        (reg::QUEUE_DRIVER_LOW, avail),
-        (reg::QUEUE_DEVICE_LOW, used),
-    ] {
-        wr(&mut t, low, addr as u32);
-        wr(&mut t, low + 4, (addr >> 32) as u32);
-    }
-    wr(&mut t, reg::QUEUE_READY, 1);
-    if rd(&mut t, reg::QUEUE_READY) != 1 {
+    if !set_up(&mut t, size, desc, avail, used) {
         return;
     }
-    let s = rd(&mut t, reg::STATUS);
-    wr(&mut t, reg::STATUS, s | status::DRIVER_OK);
 
     // A driver starts on a zeroed used ring (Linux allocates it zeroed); the device counts
     // from 0 whatever the memory held.

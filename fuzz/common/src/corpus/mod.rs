@@ -59,6 +59,7 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(parsers::api_seeds());
     all.extend(virtio::virtio_pmem_seeds());
     all.extend(virtio::virtio_rng_seeds());
+    all.extend(virtio::virtio_blk_seeds());
     all.extend(decoders::refvmm_manifest_seeds());
     all.extend(parsers::api_framing_seeds());
     all.extend(state::gic_state_seeds());

@@ -303,3 +303,72 @@ pub fn virtio_rng_seeds() -> Vec<Seed> {
         ),
     ]
 }
+
+fn blk_seed(name: &str, input: &B) -> Seed {
+    Seed::new("virtio_blk", name, input.build())
+}
+
+/// A block request as Linux's virtio_blk driver builds it: header, data, status, each in its
+/// own descriptor from `first`, with the header and the status in `DATA + 0x100 * first`.
+fn blk_request(b: &mut B, first: u16, kind: u32, sector: u64, len: u32, write: bool) -> &mut B {
+    use refvmm::devices::virtio::block::HEADER_LEN as H;
+    let at = DATA + 0x100 * u64::from(first);
+    let mut header = kind.to_le_bytes().to_vec();
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&sector.to_le_bytes());
+    let data_flags = flags::NEXT | if write { flags::WRITE } else { 0 };
+    b.put(at, &header)
+        .desc(first, at, H as u32, flags::NEXT, first + 1)
+        .desc(first + 1, DATA + 0x2000, len, data_flags, first + 2)
+        .desc(first + 2, at + 0x80, 1, flags::WRITE, 0)
+        .avail(first)
+}
+
+/// Every `virtio_blk` seed: requests as Linux's virtio_blk driver queues them (reads, writes,
+/// flushes, `GET_ID`, discard and write-zeroes), and the ways a driver can get them wrong.
+pub fn virtio_blk_seeds() -> Vec<Seed> {
+    use crate::virtio_blk::READ_ONLY;
+    use refvmm::devices::virtio::block::req;
+    let one = |kind, sector, len, write| {
+        let mut b = B::standard(16, 0);
+        blk_request(&mut b, 0, kind, sector, len, write);
+        b
+    };
+    let mut segs = Vec::new();
+    for (sector, n, f) in [(4u64, 8u32, 0u32), (64, 2, 1)] {
+        segs.extend_from_slice(&sector.to_le_bytes());
+        segs.extend_from_slice(&n.to_le_bytes());
+        segs.extend_from_slice(&f.to_le_bytes());
+    }
+    let mut zeroes = one(req::WRITE_ZEROES, 0, 32, false);
+    zeroes.put(DATA + 0x2000, &segs);
+    let mut discard = one(req::DISCARD, 0, 16, false);
+    discard.put(DATA + 0x2000, &segs[..16]);
+    let mut read_only = B::standard(16, READ_ONLY);
+    blk_request(&mut read_only, 0, req::OUT, 0, 512, false);
+    blk_request(&mut read_only, 3, req::IN, 0, 512, true);
+    let mut three = B::standard(16, 2);
+    blk_request(&mut three, 0, req::IN, 0, 4096, true);
+    blk_request(&mut three, 3, req::OUT, 8, 1024, false);
+    blk_request(&mut three, 6, req::FLUSH, 0, 0, false);
+    let mut failing = B::standard(16, ctrl::FLUSH_FAILS);
+    blk_request(&mut failing, 0, req::IN, 0, 512, true);
+    vec![
+        blk_seed("read-4k", &one(req::IN, 0, 4096, true)),
+        blk_seed("write-1k", &one(req::OUT, 2, 1024, false)),
+        blk_seed("flush", &one(req::FLUSH, 0, 0, false)),
+        blk_seed("get-id", &one(req::GET_ID, 0, 20, true)),
+        blk_seed("write-zeroes-two-segments", &zeroes),
+        blk_seed("discard", &discard),
+        blk_seed("read-only-write-then-read", &read_only),
+        blk_seed("three-requests-three-notifications", &three),
+        blk_seed("disk-fails", &failing),
+        blk_seed("read-past-the-end", &one(req::IN, 127, 1024, true)),
+        blk_seed("partial-sector", &one(req::OUT, 0, 100, false)),
+        blk_seed("unknown-type", &one(0x55, 0, 512, true)),
+        blk_seed(
+            "no-status-byte",
+            B::standard(16, 0).desc(0, DATA, 16, 0, 0).avail(0),
+        ),
+    ]
+}
