@@ -124,9 +124,15 @@ fn file_offset(offset: u64) -> std::io::Result<libc::off_t> {
     libc::off_t::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// `preadv(fd, bufs, offset)`: reads from `offset` into the guest memory `bufs` (the first
-/// 1024 of them); returns the bytes read.
-pub fn preadv(
+/// The two vectored transfers between a file and guest memory.
+#[derive(Clone, Copy)]
+enum Vectored {
+    Read,
+    Write,
+}
+
+fn vectored(
+    dir: Vectored,
     fd: BorrowedFd<'_>,
     bufs: &[vm_memory::VolatileSlice<'_>],
     offset: u64,
@@ -134,15 +140,32 @@ pub fn preadv(
     let held = guards(bufs);
     let iov = iovecs(&held);
     let offset = file_offset(offset)?;
-    // SAFETY: each iovec is a live VolatileSlice of guest memory (its guard held), mapped and writable for the
-    // slices' lifetime, which outlasts the call; the kernel writes only within them. Guest
-    // memory is never a Rust reference, so no aliasing rule is broken by the kernel's writes.
-    let n = unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset) };
+    let (fd, count) = (fd.as_raw_fd(), iov.len() as i32);
+    // SAFETY: each iovec is a live VolatileSlice of guest memory (its guard held), mapped
+    // read-write for the slices' lifetime, which outlasts the call; the kernel reads (pwritev)
+    // or writes (preadv) only within them. Guest memory is never a Rust reference, so the
+    // kernel's writes break no aliasing rule.
+    let n = unsafe {
+        match dir {
+            Vectored::Read => libc::preadv(fd, iov.as_ptr(), count, offset),
+            Vectored::Write => libc::pwritev(fd, iov.as_ptr(), count, offset),
+        }
+    };
     if n < 0 {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
     }
+}
+
+/// `preadv(fd, bufs, offset)`: reads from `offset` into the guest memory `bufs` (the first
+/// 1024 of them); returns the bytes read.
+pub fn preadv(
+    fd: BorrowedFd<'_>,
+    bufs: &[vm_memory::VolatileSlice<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    vectored(Vectored::Read, fd, bufs, offset)
 }
 
 /// `pwritev(fd, bufs, offset)`: writes the guest memory `bufs` (the first 1024 of them) at
@@ -152,17 +175,7 @@ pub fn pwritev(
     bufs: &[vm_memory::VolatileSlice<'_>],
     offset: u64,
 ) -> std::io::Result<usize> {
-    let held = guards(bufs);
-    let iov = iovecs(&held);
-    let offset = file_offset(offset)?;
-    // SAFETY: each iovec is a live VolatileSlice of guest memory (its guard held), mapped and readable for the
-    // call; the kernel only reads it.
-    let n = unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    vectored(Vectored::Write, fd, bufs, offset)
 }
 
 /// `fallocate(fd, mode, offset, len)`.

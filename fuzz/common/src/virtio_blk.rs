@@ -17,10 +17,10 @@ use refvmm::devices::virtio::block::{BlockDevice, BlockOptions};
 use refvmm::devices::virtio::mmio::reg;
 use refvmm::devices::virtio::{status, MmioTransport};
 use refvmm::devices::MmioDevice;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
-use crate::virtio_pmem::{ctrl, Counter, HEADER_LEN, RAM_BASE, RAM_SIZE};
-use crate::virtio_rng::{overlaps, set_up, writable_total};
+use crate::virtio_pmem::{ctrl, Counter};
+use crate::virtio_rng::{overlaps, set_up, writable_total, Input};
 
 /// Control bit: the disk is read-only.
 pub const READ_ONLY: u8 = 1 << 4;
@@ -29,24 +29,17 @@ pub const DISK_SIZE: usize = 64 << 10;
 
 /// Runs one input; panics when a check fails.
 pub fn run_virtio_blk(data: &[u8]) {
-    if data.len() < HEADER_LEN {
+    let Some(Input {
+        size,
+        control,
+        desc,
+        avail,
+        used,
+        mem,
+    }) = Input::parse(data)
+    else {
         return;
-    }
-    let le16 = |i: usize| u16::from_le_bytes([data[i], data[i + 1]]);
-    let (size, control) = (le16(0), data[2]);
-    let (desc, avail, used) = (
-        RAM_BASE + u64::from(le16(3)),
-        RAM_BASE + u64::from(le16(5)),
-        RAM_BASE + u64::from(le16(7)),
-    );
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE as usize)])
-        .expect("64 KiB of guest memory");
-    let image = &data[HEADER_LEN..];
-    mem.write_slice(
-        &image[..image.len().min(RAM_SIZE as usize)],
-        GuestAddress(RAM_BASE),
-    )
-    .expect("the image fits");
+    };
     let readonly = control & READ_ONLY != 0;
     let mut disk = MemDisk::new(DISK_SIZE);
     for (i, b) in disk.bytes.iter_mut().enumerate() {

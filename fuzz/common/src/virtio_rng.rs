@@ -138,26 +138,56 @@ pub(crate) fn set_up<D: VirtioDevice>(
     true
 }
 
+/// An input in `virtio_pmem`'s layout: the queue's size and rings, the control byte, and guest
+/// RAM filled with the rest.
+pub(crate) struct Input {
+    pub size: u16,
+    pub control: u8,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub mem: GuestMemoryMmap,
+}
+
+impl Input {
+    /// `None` for an input shorter than the header.
+    pub(crate) fn parse(data: &[u8]) -> Option<Input> {
+        if data.len() < HEADER_LEN {
+            return None;
+        }
+        let le16 = |i: usize| u16::from_le_bytes([data[i], data[i + 1]]);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE as usize)])
+            .expect("64 KiB of guest memory");
+        let image = &data[HEADER_LEN..];
+        mem.write_slice(
+            &image[..image.len().min(RAM_SIZE as usize)],
+            GuestAddress(RAM_BASE),
+        )
+        .expect("the image fits");
+        Some(Input {
+            size: le16(0),
+            control: data[2],
+            desc: RAM_BASE + u64::from(le16(3)),
+            avail: RAM_BASE + u64::from(le16(5)),
+            used: RAM_BASE + u64::from(le16(7)),
+            mem,
+        })
+    }
+}
+
 /// Runs one input; panics when a check fails.
 pub fn run_virtio_rng(data: &[u8]) {
-    if data.len() < HEADER_LEN {
+    let Some(Input {
+        size,
+        control,
+        desc,
+        avail,
+        used,
+        mem,
+    }) = Input::parse(data)
+    else {
         return;
-    }
-    let le16 = |i: usize| u16::from_le_bytes([data[i], data[i + 1]]);
-    let (size, control) = (le16(0), data[2]);
-    let (desc, avail, used) = (
-        RAM_BASE + u64::from(le16(3)),
-        RAM_BASE + u64::from(le16(5)),
-        RAM_BASE + u64::from(le16(7)),
-    );
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE as usize)])
-        .expect("64 KiB of guest memory");
-    let image = &data[HEADER_LEN..];
-    mem.write_slice(
-        &image[..image.len().min(RAM_SIZE as usize)],
-        GuestAddress(RAM_BASE),
-    )
-    .expect("the image fits");
+    };
     let fails = control & ctrl::FLUSH_FAILS != 0;
     let irq = Counter::default();
     let device = RngDevice::new(Source {

@@ -21,7 +21,7 @@
 
 use super::{read_config_bytes, QueueError, VirtioDevice};
 use std::io;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 /// The virtio device ID of a block device.
@@ -542,18 +542,7 @@ impl<D: Disk> VirtioDevice for BlockDevice<D> {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<usize, QueueError> {
-        let err = |source| QueueError::Queue { index, source };
-        let mut done = 0;
-        // One pass over what is available now: at most the queue's size in chains.
-        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> =
-            queue.iter(mem).map_err(err)?.collect();
-        for chain in chains {
-            let head = chain.head_index();
-            let used = self.handle(chain, mem);
-            queue.add_used(mem, head, used).map_err(err)?;
-            done += 1;
-        }
-        Ok(done)
+        super::serve_available(index, queue, mem, |chain| self.handle(chain, mem))
     }
 }
 

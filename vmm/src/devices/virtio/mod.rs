@@ -121,6 +121,28 @@ impl FailedRequests {
     }
 }
 
+/// The usual `process_queue`: takes the chains available in `queue` now (one pass, at most the
+/// queue's size), hands each to `serve`, which returns its used length, and puts it in the
+/// used ring; returns how many chains went back.
+pub fn serve_available(
+    index: usize,
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<usize, QueueError> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    let err = |source| QueueError::Queue { index, source };
+    let chains: Vec<_> = queue.iter(mem).map_err(err)?.collect();
+    let mut done = 0;
+    for chain in chains {
+        let head = chain.head_index();
+        let used = serve(chain);
+        queue.add_used(mem, head, used).map_err(err)?;
+        done += 1;
+    }
+    Ok(done)
+}
+
 /// Copies `config[offset..]` into `data`, zero past the end: the usual `read_config`.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);

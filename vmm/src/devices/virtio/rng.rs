@@ -10,7 +10,7 @@
 
 use super::{QueueError, VirtioDevice};
 use std::io;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The virtio device ID of the entropy device.
@@ -131,19 +131,11 @@ impl<E: Entropy> VirtioDevice for RngDevice<E> {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<usize, QueueError> {
-        let err = |source| QueueError::Queue { index, source };
-        let mut done = 0;
-        // One pass over what is available now: at most the queue's size in chains.
-        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> =
-            queue.iter(mem).map_err(err)?.collect();
-        for chain in chains {
-            let head = chain.head_index();
+        super::serve_available(index, queue, mem, |chain| {
             let written = self.fill_chain(chain, mem);
             self.bytes += u64::from(written);
-            queue.add_used(mem, head, written).map_err(err)?;
-            done += 1;
-        }
-        Ok(done)
+            written
+        })
     }
 }
 
